@@ -1,0 +1,218 @@
+"""ImageClassifier: the one LightningModule every experiment trains.
+
+It owns what is common to all runs - loss, metrics, optimisation, fine-tuning switches and
+speed switches - and wraps any backbone (our VGG/AlexNet or a torchvision model) given by
+``class_path`` in the config.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from convrepro.schedules import WarmupCosineLR
+
+#: The papers' optimiser (VGG sec. 3.1, AlexNet sec. 5): SGD, momentum 0.9, weight decay 5e-4.
+PAPER_LR = 1e-2
+PAPER_MOMENTUM = 0.9
+PAPER_WEIGHT_DECAY = 5e-4
+
+
+def _accuracy(num_classes: int, top_k: int = 1) -> MulticlassAccuracy:
+    # Papers report micro accuracy (correct / total); torchmetrics defaults to the per-class mean.
+    return MulticlassAccuracy(
+        num_classes=num_classes, top_k=min(top_k, num_classes), average="micro"
+    )
+
+
+class ImageClassifier(LightningModule):
+    """Cross-entropy image classification around any backbone.
+
+    Args:
+        backbone: The network; its ``classifier[-1]`` (torchvision layout) is the "last layer" for
+            fine-tuning and ``features`` the pretrained trunk that ``freeze_features`` freezes.
+        num_classes: Linked from the datamodule by the CLI; never written in a config.
+        class_names: Linked from the datamodule; used for prediction files and W&B plots.
+        label_smoothing: Cross-entropy label smoothing (0 = the papers' plain loss).
+        optimizer: Optimiser factory from the config. ``None`` = the papers' SGD (lr 1e-2,
+            momentum 0.9, weight decay 5e-4).
+        lr_scheduler: Scheduler factory from the config. ``None`` = the papers' schedule:
+            ``ReduceLROnPlateau`` x0.1 when ``val/acc`` stops improving. ``WarmupCosineLR`` is the
+            modern option; any torch scheduler works (plateau schedulers monitor ``val/acc``).
+        freeze_features: Freeze ``backbone.features`` (weights and BatchNorm statistics): the
+            pets recipe of training only the classifier on top of ImageNet features.
+        backbone_lr_scale: Learning-rate multiplier for every parameter except the last layer,
+            e.g. 0.1 to fine-tune pretrained layers gently while the new head learns at full LR.
+        channels_last: Run convolutions in NHWC memory format (faster with tensor cores).
+        compile: ``torch.compile`` the backbone in place; state-dict keys stay unprefixed so
+            checkpoints load whether or not it was on.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 1000,
+        class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        freeze_features: bool = False,
+        backbone_lr_scale: float = 1.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.backbone = backbone
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
+        self.val_acc_top5, self.test_acc_top5 = _accuracy(num_classes, 5), _accuracy(num_classes, 5)
+        self.val_acc_best = MaxMetric()
+
+        if freeze_features:
+            self._features().requires_grad_(False)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()
+
+    # -- model -------------------------------------------------------------------------------
+    def _features(self) -> nn.Module:
+        features = getattr(self.backbone, "features", None)
+        if not isinstance(features, nn.Module):
+            raise ValueError(
+                f"freeze_features needs a backbone with a `features` module (torchvision layout); "
+                f"{type(self.backbone).__name__} has none. Set model.freeze_features: false."
+            )
+        return features
+
+    def _last_layer(self) -> nn.Module:
+        classifier = getattr(self.backbone, "classifier", None)
+        if isinstance(classifier, nn.Sequential):
+            return classifier[-1]
+        for name in ("fc", "head"):  # torchvision ResNet-style and ViT-style backbones
+            if isinstance(getattr(self.backbone, name, None), nn.Module):
+                return getattr(self.backbone, name)
+        raise ValueError(
+            f"Cannot find the last layer of {type(self.backbone).__name__} (looked for "
+            "classifier[-1], fc, head). Set model.backbone_lr_scale: 1.0."
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        if mode and self.hparams.freeze_features:
+            self._features().eval()  # frozen BatchNorm keeps its pretrained running statistics
+        return self
+
+    # -- steps -------------------------------------------------------------------------------
+    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        images, targets = batch
+        logits = self(images)
+        return self.criterion(logits, targets), logits, targets
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, logits, targets = self._shared_step(batch)
+        # The per-step loss is only read when the logger writes (every log_every_n_steps); the
+        # epoch values are torchmetrics states, so no step forces a host sync.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.train_loss(loss.detach(), weight=targets.numel())
+        self.train_acc(logits.detach(), targets)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, targets = self._shared_step(batch)
+        self.val_loss(loss, weight=targets.numel())
+        self.val_acc(logits, targets)
+        self.val_acc_top5(logits, targets)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log("val/acc_top5", self.val_acc_top5)
+
+    def on_train_start(self) -> None:
+        # Sanity-check batches must not count towards the best accuracy.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, targets = self._shared_step(batch)
+        self.test_loss(loss, weight=targets.numel())
+        self.test_acc(logits, targets)
+        self.test_acc_top5(logits, targets)
+        self.log("test/loss", self.test_loss)
+        self.log("test/acc", self.test_acc)
+        self.log("test/acc_top5", self.test_acc_top5)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        probabilities = self(batch[0]).float().softmax(dim=1)
+        probability, index = probabilities.max(dim=1)
+        return {"index": index, "probability": probability, "probabilities": probabilities}
+
+    # -- optimisation ------------------------------------------------------------------------
+    def _parameter_groups(self) -> list[dict]:
+        trainable = [p for p in self.backbone.parameters() if p.requires_grad]
+        if self.hparams.backbone_lr_scale == 1.0:
+            return [{"params": trainable}]
+        head_ids = {id(p) for p in self._last_layer().parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0},
+            {
+                "params": [p for p in trainable if id(p) not in head_ids],
+                "lr_scale": self.hparams.backbone_lr_scale,
+            },
+        ]
+
+    def configure_optimizers(self) -> dict:
+        groups = self._parameter_groups()
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(
+                groups, lr=PAPER_LR, momentum=PAPER_MOMENTUM, weight_decay=PAPER_WEIGHT_DECAY
+            )
+        else:
+            optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] *= group.pop("lr_scale", 1.0)
+
+        if self.lr_scheduler_factory is None:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.1
+            )
+        else:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if scheduler.mode != "max":
+                raise ValueError(
+                    "ReduceLROnPlateau monitors val/acc, which should rise: set its mode: max"
+                )
+            config["monitor"] = "val/acc"
+        if isinstance(scheduler, WarmupCosineLR):
+            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
+            config["interval"] = "step"
+        return {"optimizer": optimizer, "lr_scheduler": config}
