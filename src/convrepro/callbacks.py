@@ -116,7 +116,10 @@ class PredictionWriter(BasePredictionWriter):
         predictions: Sequence[Any],
         batch_indices: Sequence[Any],
     ) -> None:
-        # One predict dataloader: Lightning passes flat lists of per-batch outputs and indices.
+        # One predict dataloader: Lightning flattens `predictions` to batches but keeps the
+        # dataloader level in `batch_indices`.
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]
         names = _sample_names(trainer)
         class_names = pl_module.class_names
         rows = []

@@ -54,7 +54,7 @@ class ConvReproCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults={
                 "logger": DEFAULT_LOGGER,
-                # the datamodules shard data themselves: exact (unpadded) evaluation, resumable order
+                # our datamodules shard the data: exact (unpadded) evaluation, resumable order
                 "use_distributed_sampler": False,
             },
             auto_configure_optimizers=False,
@@ -102,13 +102,15 @@ class ConvReproCLI(LightningCLI):
     def _resolve_run_dir(self, config: Namespace, name: str) -> Path:
         root = Path(config.run.root)
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path in ("last", "best") and not config.run.id:
-            run_dir = latest_resumable_run(root, name)
-            if run_dir is None:
+        if ckpt_path in ("last", "best"):
+            run_dir = (
+                root / name / config.run.id if config.run.id else latest_resumable_run(root, name)
+            )
+            if run_dir is None or not (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
                 raise FileNotFoundError(
                     f"--ckpt_path {ckpt_path}: no checkpoint of experiment '{name}' under "
-                    f"{root / name}/*/{CHECKPOINT_DIR}/. Start a new run without --ckpt_path, "
-                    "or pass --ckpt_path path/to/file.ckpt."
+                    f"{run_dir or root / name / '*'}/{CHECKPOINT_DIR}/. Start a new run "
+                    "without --ckpt_path, or pass --ckpt_path path/to/file.ckpt."
                 )
             config.ckpt_path = str(self._checkpoint_in(run_dir, ckpt_path))
             config.run.id = run_dir.name

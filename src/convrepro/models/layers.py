@@ -76,7 +76,7 @@ def check_choice(argument: str, value: object, choices: Iterable[object]) -> Non
     choices = tuple(choices)
     if value not in choices:
         valid = ", ".join(repr(choice) for choice in choices)
-        raise ValueError(f"unknown {argument} {value!r}; choose one of {valid}")
+        raise ValueError(f"{argument}={value!r} is not valid; choose one of {valid}")
 
 
 def check_num_classes(num_classes: int) -> None:
@@ -97,20 +97,3 @@ def check_image_batch(x: Tensor, *, min_size: int, model_name: str, advice: str)
             f"{model_name} needs inputs of at least {min_size}x{min_size} px, "
             f"got {height}x{width}; {advice}"
         )
-
-
-def conv_layers(module: nn.Module) -> list[nn.Conv2d]:
-    """The module's conv layers in registration (= forward, for our Sequentials) order."""
-    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-
-
-__all__ = [
-    "PaperLRN",
-    "ReLUWithLRN",
-    "check_choice",
-    "check_image_batch",
-    "check_num_classes",
-    "conv_layers",
-    "kaiming_init_",
-]
-

@@ -6,7 +6,7 @@ Shared by the model families (``weights=``) and by training code restoring check
 import os
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -34,13 +34,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
-            f"refusing to read {path}: it holds pickled Python objects, not just tensors, and "
-            "could run arbitrary code (torch.load weights_only=True rejected it). If it was "
-            "written by torch.save(model), re-save it with torch.save(model.state_dict(), path)."
+            f"refusing to read {path}: torch.load(weights_only=True) rejected it. Either it "
+            "holds pickled Python objects besides tensors, which could run arbitrary code (if "
+            "it was written by torch.save(model), re-save it with "
+            "torch.save(model.state_dict(), path)), or it is not a PyTorch file."
         ) from err
     except (RuntimeError, KeyError, EOFError) as err:
         raise ValueError(
-            f"cannot read {path}: not a PyTorch file, or truncated/corrupted ({err!s:.200})"
+            f"cannot read {path}: it is not a PyTorch file, or truncated/corrupted ({err!s:.200})"
         ) from err
 
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
@@ -94,28 +95,11 @@ def load_backbone_weights(
     ``arch_name`` and ``source`` only appear in messages.
     """
     # A plain dict has no torch `_metadata`, so BatchNorm fills in `num_batches_tracked` for files
-    # saved before PyTorch 0.4.1 (torchvision's *_bn weights) instead of reporting it missing.
+    # saved before PyTorch 0.4.1 (torchvision's *_bn weights) instead of failing on it.
     provided = dict(state_dict)
     expected = model.state_dict()
     final_layer = _final_layer_keys(model)
-
-    mismatched = [
-        key
-        for key in expected.keys() & provided.keys()
-        if provided[key].shape != expected[key].shape
-    ]
-    reinitialised = sorted(final_layer) if final_layer & set(mismatched) else []
-    problems = _describe(
-        missing=[
-            k for k in expected.keys() - provided.keys() if not k.endswith("num_batches_tracked")
-        ],
-        unexpected=list(provided.keys() - expected.keys()),
-        mismatched={
-            key: (provided[key].shape, expected[key].shape)
-            for key in mismatched
-            if key not in final_layer
-        },
-    )
+    problems = describe_mismatch(expected, provided, allow_shape_change=final_layer)
     if problems:
         raise ValueError(
             f"{source} does not fit {arch_name}; it looks like weights of another architecture or "
@@ -123,6 +107,11 @@ def load_backbone_weights(
             "they were saved from."
         )
 
+    head_changed = any(
+        key in provided and provided[key].shape != expected[key].shape for key in final_layer
+    )
+    # The whole layer stays fresh (weight and bias), not only the tensors whose shape changed.
+    reinitialised = sorted(final_layer) if head_changed else []
     for key in reinitialised:
         provided[key] = expected[key]
     model.load_state_dict(provided)
@@ -152,56 +141,73 @@ def _final_layer_keys(model: nn.Module) -> set[str]:
     return {prefix + key for key in module.state_dict()}
 
 
-def _describe(
-    *, missing: list[str], unexpected: list[str], mismatched: dict[str, tuple]
+def describe_mismatch(
+    expected: Mapping[str, Tensor],
+    provided: Mapping[str, Tensor],
+    *,
+    allow_shape_change: Collection[str] = (),
 ) -> str:
-    def shown(keys: list[str]) -> str:
-        keys = sorted(keys)
-        more = len(keys) - _MAX_KEYS_SHOWN
-        return ", ".join(keys[:_MAX_KEYS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+    """Say which keys of ``provided`` are missing, unexpected or of the wrong shape ("" if none).
 
-    parts = []
-    if missing:
-        parts.append(f"Missing keys: {shown(missing)}.")
-    if unexpected:
-        parts.append(f"Unexpected keys: {shown(unexpected)}.")
-    if mismatched:
-        shapes = {
-            f"{key} ({tuple(got)} in file, {tuple(want)} in model)"
-            for key, (got, want) in mismatched.items()
-        }
-        parts.append(f"Shape mismatches: {shown(list(shapes))}.")
+    ``num_batches_tracked`` may be missing (BatchNorm fills it in); keys in ``allow_shape_change``
+    may differ in shape. At most a few keys of each kind are listed.
+    """
+    # In state-dict order, so "features.3" comes before "features.10".
+    missing = [
+        key for key in expected if key not in provided and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [key for key in provided if key not in expected]
+    mismatched = [
+        f"{key} ({tuple(provided[key].shape)} given, {tuple(expected[key].shape)} expected)"
+        for key in expected
+        if key in provided
+        and key not in allow_shape_change
+        and provided[key].shape != expected[key].shape
+    ]
+    parts = [
+        f"{kind}: {_first_few(keys)}."
+        for kind, keys in [
+            ("Missing keys", missing),
+            ("Unexpected keys", unexpected),
+            ("Shape mismatches", mismatched),
+        ]
+        if keys
+    ]
     return " ".join(parts)
 
 
-def load_pretrained(
-    model: nn.Module, weights: str, *, torchvision_arch: str | None, arch_name: str
-) -> None:
-    """Load ``weights`` into ``model``: a torchvision weights name or a local file path.
+def _first_few(items: list[str]) -> str:
+    more = len(items) - _MAX_KEYS_SHOWN
+    return ", ".join(items[:_MAX_KEYS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
 
-    A name (``"DEFAULT"``, ``"IMAGENET1K_V1"`` or ``"VGG16_Weights.IMAGENET1K_V1"``) is looked up
-    in the weights enum of the torchvision builder ``torchvision_arch`` (``None`` when torchvision
-    has no such model) and downloaded into the torch hub cache (``$TORCH_HOME``). Anything else is
-    read with :func:`load_state_dict_file`. Loading follows :func:`load_backbone_weights`.
+
+def fetch_weights(
+    weights: str, *, torchvision_arch: str | None, arch_name: str
+) -> tuple[dict[str, Tensor], str]:
+    """Get the state dict ``weights`` names, and a description of where it came from.
+
+    A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"`` or
+    ``"VGG16_Weights.IMAGENET1K_V1"``) is looked up in the weights enum of the torchvision builder
+    ``torchvision_arch`` (``None`` when torchvision has no such model) and downloaded into the
+    torch hub cache (``$TORCH_HOME``). Anything else is read with :func:`load_state_dict_file`.
+    ``arch_name`` only appears in messages.
     """
     weights_enum = get_model_weights(torchvision_arch) if torchvision_arch else None
     path = Path(weights).expanduser()
     if weights_enum is not None and _is_member(weights_enum, weights):
         entry = weights_enum.verify(weights)
-        state_dict, source = _download(entry), f"torchvision weights {entry!r}"
-    elif path.is_file():
-        state_dict, source = load_state_dict_file(path), str(path)
-    elif weights_enum is not None:
+        return _download(entry), f"torchvision weights {entry!r}"
+    if path.is_file():
+        return load_state_dict_file(path), str(path)
+    if weights_enum is not None:
         raise ValueError(
             f"weights={weights!r} is neither an existing file nor a torchvision weights name "
             f"for {arch_name}; valid names: {', '.join(weights_enum.__members__)}"
         )
-    else:
-        raise ValueError(
-            f"weights={weights!r} is not an existing file, and torchvision has no pretrained "
-            f"weights for {arch_name}; pass the path of a state dict or checkpoint"
-        )
-    load_backbone_weights(model, state_dict, arch_name=arch_name, source=source)
+    raise ValueError(
+        f"weights={weights!r} is not an existing file, and torchvision has no pretrained "
+        f"weights for {arch_name}; pass the path of a state dict or checkpoint"
+    )
 
 
 def _is_member(weights_enum: type[WeightsEnum], name: str) -> bool:
@@ -210,7 +216,10 @@ def _is_member(weights_enum: type[WeightsEnum], name: str) -> bool:
 
 def _download(entry: WeightsEnum) -> dict[str, Tensor]:
     try:
-        return entry.get_state_dict(progress=True, check_hash=True)
+        # weights_only: the cached file may have been put there by hand, as advised below.
+        return entry.get_state_dict(
+            progress=True, check_hash=True, map_location="cpu", weights_only=True
+        )
     except OSError as err:  # URLError, timeouts and DNS failures are all OSErrors
         target = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
         raise RuntimeError(

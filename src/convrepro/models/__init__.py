@@ -1,0 +1,15 @@
+"""The VGG and AlexNet families, and loading weights into them."""
+
+from convrepro.models.alexnet import AlexNet
+from convrepro.models.layers import PaperLRN
+from convrepro.models.vgg import VGG, DenseVGG
+from convrepro.models.weights import load_backbone_weights, load_state_dict_file
+
+__all__ = [
+    "VGG",
+    "AlexNet",
+    "DenseVGG",
+    "PaperLRN",
+    "load_backbone_weights",
+    "load_state_dict_file",
+]

@@ -1,0 +1,168 @@
+"""ImageClassifier: metrics, optimiser defaults, fine-tuning, compile-safe checkpoints."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from convrepro.classifier import ImageClassifier
+from convrepro.schedules import WarmupCosineLR
+
+
+class SmallNet(nn.Module):
+    """torchvision layout (features / avgpool / classifier) at toy size."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+class FixedLogits(nn.Module):
+    """Returns pre-set logits so the metric values are known exactly."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[x[:, 0, 0, 0].long()] + self.dummy
+
+
+def _trainer(**kwargs) -> Trainer:
+    return Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def test_validation_accuracy_is_micro_averaged_and_top5_counts_hits():
+    # 10 samples, 3 classes, imbalanced: 8 of class 0 (all right), 2 of class 1 (both wrong).
+    targets = torch.tensor([0] * 8 + [1] * 2)
+    logits = torch.zeros(10, 3)
+    logits[:8, 0] = 5.0
+    logits[8:, 2] = 5.0
+    images = torch.arange(10).float().view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    model = ImageClassifier(FixedLogits(logits), num_classes=3)
+    metrics = _trainer().validate(model, DataLoader(TensorDataset(images, targets), batch_size=4))[
+        0
+    ]
+    assert metrics["val/acc"] == pytest.approx(0.8)  # micro; macro would be (1 + 0) / 2 = 0.5
+    assert metrics["val/acc_top5"] == pytest.approx(1.0)  # top-5 of 3 classes = all of them
+    expected_loss = nn.functional.cross_entropy(logits, targets).item()
+    assert metrics["val/loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_default_optimisation_is_the_papers():
+    model = ImageClassifier(SmallNet(), num_classes=10)
+    model.trainer = _trainer(max_epochs=1)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-2, 0.9, 5e-4)
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler["scheduler"].factor == pytest.approx(0.1)
+    assert scheduler["monitor"] == "val/acc" and scheduler["scheduler"].mode == "max"
+
+
+def test_plateau_scheduler_in_min_mode_is_refused():
+    model = ImageClassifier(
+        SmallNet(),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min"),
+    )
+    with pytest.raises(ValueError, match="mode: max"):
+        model.configure_optimizers()
+
+
+def test_warmup_cosine_schedule_shape():
+    parameter = nn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = WarmupCosineLR(optimizer, warmup_fraction=0.1, warmup_start_factor=0.0)
+    scheduler.set_total_steps(100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler._factor(scheduler.last_epoch))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+
+
+def test_warmup_cosine_gets_its_length_from_the_trainer():
+    model = ImageClassifier(
+        SmallNet(), num_classes=10, lr_scheduler=lambda opt: WarmupCosineLR(opt)
+    )
+    data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    assert scheduler.scheduler.total_steps == 8
+
+
+def test_freeze_features_freezes_weights_and_batchnorm_statistics():
+    model = ImageClassifier(SmallNet(), freeze_features=True)
+    assert not any(p.requires_grad for p in model.backbone.features.parameters())
+    assert all(p.requires_grad for p in model.backbone.classifier.parameters())
+    model.train()
+    batchnorm = model.backbone.features[1]
+    assert not batchnorm.training and model.backbone.classifier.training
+    before = batchnorm.running_mean.clone()
+    model(torch.randn(4, 3, 8, 8) * 5 + 3)
+    assert torch.equal(before, batchnorm.running_mean)
+    trainable = {
+        id(p) for g in model.configure_optimizers()["optimizer"].param_groups for p in g["params"]
+    }
+    assert trainable == {id(p) for p in model.backbone.classifier.parameters()}
+
+
+def test_backbone_lr_scale_gives_pretrained_layers_a_lower_rate():
+    optimizer = ImageClassifier(SmallNet(), backbone_lr_scale=0.1).configure_optimizers()[
+        "optimizer"
+    ]
+    head, rest = optimizer.param_groups
+    assert head["lr"] == pytest.approx(1e-2) and rest["lr"] == pytest.approx(1e-3)
+    assert len(head["params"]) == 2 and len(rest["params"]) == 6
+
+
+def test_compile_and_channels_last_keep_checkpoint_keys():
+    plain = ImageClassifier(SmallNet())
+    fast = ImageClassifier(SmallNet(), compile=True, channels_last=True)
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.backbone.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_predict_step_returns_class_index_and_probability():
+    model = ImageClassifier(SmallNet(num_classes=4), num_classes=4).eval()
+    output = model.predict_step((torch.randn(3, 3, 8, 8), torch.zeros(3)), 0)
+    assert output["index"].shape == (3,) and output["index"].dtype == torch.int64
+    torch.testing.assert_close(output["probabilities"].sum(1), torch.ones(3))
+    torch.testing.assert_close(output["probability"], output["probabilities"].max(1).values)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"num_classes": 0}, "num_classes"), ({"label_smoothing": 1.0}, "label_smoothing")],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageClassifier(SmallNet(), **kwargs)
