@@ -1,4 +1,4 @@
-"""Entry point: ``python main.py {fit,validate,test,predict} --config configs/<experiment>.yaml``."""
+"""Entry point: ``python main.py {fit,validate,test,predict} --config configs/<name>.yaml``."""
 
 from convrepro.cli import main
 

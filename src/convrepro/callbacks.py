@@ -62,6 +62,7 @@ class RunSummary(Callback):
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update(_scalar_metrics(trainer, ("val/", "lr")))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / HISTORY_FILE
         new_file = not path.exists()
         with path.open("a", newline="") as handle:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RUN_ID_ENV = "CONVREPRO_RUN_ID"
+RUN_ID_OWNER_ENV = "CONVREPRO_RUN_ID_OWNER"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -45,9 +46,14 @@ def new_run_id() -> str:
 
 def shared_run_id(explicit: str | None) -> str:
     """The run id every process of this launch agrees on, exported for processes spawned later."""
+    # An id this very process exported belongs to its previous run (a second CLI call in a
+    # notebook or test); ids exported by a parent launcher or by the user are shared.
+    inherited = (
+        os.environ.get(RUN_ID_ENV) if os.environ.get(RUN_ID_OWNER_ENV) != str(os.getpid()) else None
+    )
     candidates = (
         explicit,
-        os.environ.get(RUN_ID_ENV),
+        inherited,
         _slurm_job_id(),
         os.environ.get("TORCHELASTIC_RUN_ID") if _is_torchrun() else None,
     )
@@ -55,6 +61,7 @@ def shared_run_id(explicit: str | None) -> str:
     if not re.fullmatch(r"[\w.-]+", run_id):
         raise ValueError(f"run id {run_id!r} may only hold letters, digits, '.', '_' and '-'")
     os.environ[RUN_ID_ENV] = run_id  # Lightning's DDP launcher starts ranks 1.. from this env
+    os.environ[RUN_ID_OWNER_ENV] = str(os.getpid())
     return run_id
 
 

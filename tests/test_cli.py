@@ -1,0 +1,162 @@
+"""End to end through main.py: fit, test and predict from the saved checkpoint; W&B offline; DDP."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import make_cifar10
+
+from convrepro.callbacks import read_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+# A small learnable CIFAR-10 and a tiny backbone keep a 2-epoch run to seconds on a CPU.
+TINY_ARGS = [
+    "--config",
+    str(ROOT / "configs" / "vgg11_cifar.yaml"),
+    "--model.backbone=tiny_backbone.TinyNet",
+    "--model.optimizer.init_args.lr=0.1",
+    "--data.init_args.data_dir=data/cifar10",
+    "--data.init_args.batch_size=32",
+    "--data.init_args.val_size=160",
+    "--data.init_args.num_workers=0",
+    "--trainer.log_every_n_steps=5",
+]
+
+
+def run_main(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        # sitecustomize there lets torchvision accept made-up CIFAR files (md5 check only)
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "subprocess_site"), str(TESTS)]),
+    }
+    env.pop("CONVREPRO_RUN_ID", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    make_cifar10(tmp_path / "data" / "cifar10", n_train=960, n_test=200)
+    return tmp_path
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = list((cwd / "runs" / "vgg11_cifar").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_fit_test_predict_from_checkpoint(cifar_dir):
+    run_main(cifar_dir, "fit", *TINY_ARGS, "--trainer.max_epochs=2")
+    run_dir = only_run_dir(cifar_dir)
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["backbone"]["class_path"] == "tiny_backbone.TinyNet"
+    assert saved["run"]["id"] == run_dir.name
+
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [int(row["epoch"]) for row in history] == [0, 1]
+    summary = read_summary(run_dir)
+    assert summary["epochs"] == 2
+    assert summary["best_val_acc"] > 0.3  # 10 classes: chance is 0.1
+
+    best = run_dir / "checkpoints" / "best.ckpt"
+    run_main(cifar_dir, "test", *TINY_ARGS, f"--ckpt_path={best}")
+    summary = read_summary(run_dir)
+    assert 0.3 < summary["test/acc"] <= 1.0
+    assert summary["test/acc_top5"] >= summary["test/acc"]
+
+    run_main(cifar_dir, "predict", *TINY_ARGS, "--ckpt_path=best")
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert len(rows) == 200
+    assert rows[0]["sample"] == "test/00000"
+    assert {row["predicted_class"] for row in rows} <= set(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
+    assert all(0.0 < float(row["probability"]) <= 1.0 for row in rows)
+    # test and predict wrote next to the training run instead of starting new ones
+    assert only_run_dir(cifar_dir) == run_dir
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, monkeypatch):
+    import wandb
+    from datasets import skip_md5_checks
+
+    from convrepro.cli import ConvReproCLI
+
+    skip_md5_checks(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(cifar_dir)
+    cli = ConvReproCLI(args=["fit", *TINY_ARGS, "--trainer.max_epochs=1"])
+    run = cli.trainer.logger.experiment
+    try:
+        run_dir = only_run_dir(cifar_dir)
+        assert run.offline and Path(run.dir).resolve().is_relative_to(run_dir)
+        # the whole resolved CLI config, not only the module's hyperparameters
+        assert run.config["model"]["backbone"]["class_path"] == "tiny_backbone.TinyNet"
+        assert run.config["data"]["init_args"]["val_size"] == 160
+        assert run.config["trainer"]["max_epochs"] == 1
+        assert run.summary["val/acc"] == pytest.approx(read_summary(run_dir)["best_val_acc"])
+        assert run.summary["val/acc_best"] == pytest.approx(run.summary["val/acc"])
+    finally:
+        wandb.finish()
+
+
+@pytest.mark.slow
+def test_second_run_in_the_same_folder_gets_its_own_directory(cifar_dir):
+    for _ in range(2):
+        run_main(cifar_dir, "fit", *TINY_ARGS, "--trainer.max_epochs=1")
+    runs = sorted((cifar_dir / "runs" / "vgg11_cifar").iterdir())
+    assert len(runs) == 2
+    assert all((run / "config.yaml").is_file() for run in runs)
+
+
+@pytest.mark.slow
+def test_csv_logger_replaces_wandb(cifar_dir):
+    run_main(
+        cifar_dir,
+        "fit",
+        *TINY_ARGS,
+        "--trainer.max_epochs=1",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+    )
+    run_dir = only_run_dir(cifar_dir)
+    assert not (run_dir / "wandb").exists()
+    metrics = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert any(row.get("val/acc") for row in metrics)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_has_one_wandb_run_and_one_checkpoint_folder(cifar_dir):
+    run_main(
+        cifar_dir,
+        "fit",
+        *TINY_ARGS,
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        timeout=600,
+    )
+    run_dir = only_run_dir(cifar_dir)
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert read_summary(run_dir)["epochs"] == 1
