@@ -1,0 +1,231 @@
+"""Image folders (e.g. the pets data): ``<data_dir>/{train,val,test}/<class>/<image files>``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from convrepro.data.base import BaseImageDataModule, SourceName
+from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip, image_pipeline
+
+# Eval resizes to image_size / 0.875 before the center crop: torchvision's 256 -> 224.
+CENTER_CROP_FRACTION = 0.875
+MAX_LISTED_BAD_FILES = 10
+
+
+def load_rgb(path: str, reduced: bool = False) -> Image.Image:
+    """Any readable image file as 8-bit RGB, upright according to its EXIF orientation.
+
+    Grayscale, palette, alpha (dropped), CMYK and 16-bit images are converted; 16-bit values are
+    scaled down rather than clipped, which would turn most pixels white. ``reduced`` lets JPEG
+    decode at 1/8 scale: every byte is still read, so damage is still found, but faster.
+    """
+    with Image.open(path) as image:
+        if reduced:
+            image.draft("RGB", (1, 1))
+        upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        high_bits = np.clip(np.asarray(upright), 0, 65535).astype(np.uint16) >> 8
+        upright = Image.fromarray(high_bits.astype(np.uint8))
+    elif upright.mode in ("P", "PA"):
+        upright = upright.convert("RGBA")  # palette transparency would warn in convert("RGB")
+    return upright.convert("RGB")
+
+
+def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
+    """Files that :func:`load_rgb` cannot decode, with the reason (empty, truncated, not an
+    image...). Decodes every file once, in threads (PIL releases the GIL while decoding)."""
+
+    def problem(path: str) -> str | None:
+        try:
+            load_rgb(path, reduced=True)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... per codec
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    with ThreadPoolExecutor() as pool:
+        problems = list(pool.map(problem, paths))
+    return {path: reason for path, reason in zip(paths, problems, strict=True) if reason}
+
+
+class ImageFiles(Dataset):
+    """``(path, class index)`` pairs, read as RGB PIL images."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_rgb(path), label
+
+
+class ImageFolderDataModule(BaseImageDataModule):
+    """Image classification from class folders, e.g. the pets data::
+
+        <data_dir>/train/<class>/<image files>
+        <data_dir>/test/<class>/<image files>
+        <data_dir>/val/<class>/<image files>     (optional)
+
+    Classes are the sorted folder names of ``train/``; ``test/`` and ``val/`` must have the
+    same ones. Without ``val/``, ``val_size`` of the training images are held out. ImageNet-style
+    data (``train/`` and ``val/`` only, the test labels being private) is read with
+    ``test_split="val"``: ``val/`` is then the test split, as in the papers' tables, and
+    validation is held out from ``train/``. Files with
+    torchvision's image extensions (jpg, jpeg, png, ppm, bmp, pgm, tif, tiff, webp) of any mode
+    and size are read as RGB.
+
+    Before a split is used, every file is decoded once to find unreadable ones (empty,
+    truncated, not really an image), so training never crashes mid-epoch on a bad file.
+
+    Training: ``RandomResizedCrop(image_size, scale=crop_scale)`` and a flip; evaluation:
+    ``Resize(resize_size)`` of the shorter side and ``CenterCrop(image_size)``; both normalize
+    with ImageNet statistics (what pretrained VGG/AlexNet weights expect).
+
+    Args:
+        data_dir: Folder with ``train/``, ``test/`` and optionally ``val/``.
+        test_split: The folder that is the test split (``"val"`` for ImageNet).
+        val_size: Training images held out for validation when there is no ``val/`` folder.
+        image_size: Side of the square network input (224; e.g. 32 for tiny images).
+        resize_size: Shorter side before the evaluation center crop; ``None`` means
+            ``image_size / 0.875`` (256 for 224).
+        crop_scale: Range of the training crop area as a fraction of the image.
+        on_bad_image: ``"skip"`` leaves unreadable files out with one warning listing them;
+            ``"error"`` stops with one error listing them.
+        **kwargs: Everything else of :class:`~convrepro.data.base.BaseImageDataModule`
+            (batch size, workers, seed, ...).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/pets",
+        val_size: int | float = 0.1,
+        test_split: str = "test",
+        image_size: int = 224,
+        resize_size: int | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        on_bad_image: Literal["skip", "error"] = "skip",
+        **kwargs: Any,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"data.image_size must be positive, got {image_size}")
+        if resize_size is not None and resize_size < image_size:
+            raise ValueError(
+                f"data.resize_size={resize_size} is smaller than data.image_size={image_size}: "
+                "the center crop would not fit"
+            )
+        if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        if test_split == "train":
+            raise ValueError("data.test_split cannot be the training folder")
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
+        self.image_size = image_size
+        self.resize_size = resize_size or round(image_size / CENTER_CROP_FRACTION)
+        self.crop_scale = tuple(crop_scale)
+        self.on_bad_image = on_bad_image
+        self.test_split = test_split
+        self._class_names = self._discover_classes()
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class folder names of ``train/``."""
+        return list(self._class_names)
+
+    def train_transform(self) -> v2.Compose:
+        """Random resized crop, flip, normalize."""
+        steps = [
+            v2.RandomResizedCrop(self.image_size, scale=self.crop_scale),
+            *horizontal_flip(self.horizontal_flip),
+        ]
+        return image_pipeline(steps, IMAGENET_STATS)
+
+    def eval_transform(self) -> v2.Compose:
+        """Resize the shorter side, center crop, normalize."""
+        steps = [v2.Resize(self.resize_size), v2.CenterCrop(self.image_size)]
+        return image_pipeline(steps, IMAGENET_STATS)
+
+    def _sample_name(self, source_name: SourceName, index: int) -> str:
+        source = self._source(source_name)
+        assert isinstance(source, ImageFiles)
+        return Path(os.path.relpath(source.samples[index][0], self.data_dir)).as_posix()
+
+    def _discover_classes(self) -> list[str]:
+        root = Path(self.data_dir)
+        if not (root / "train").is_dir():
+            missing = f"{root}/" if not root.is_dir() else f"{root / 'train'}/"
+            raise FileNotFoundError(f"no image folder at {missing}. {self._layout()}")
+        classes, _ = find_classes(root / "train")
+        for folder in (self._folder("val"), self._folder("test")):
+            if folder is None or not folder.is_dir():
+                continue
+            other = folder.name
+            other_classes, _ = find_classes(folder)
+            only_train = sorted(set(classes) - set(other_classes))
+            only_other = sorted(set(other_classes) - set(classes))
+            if only_train or only_other:
+                raise ValueError(
+                    f"the class folders of {root / 'train'} and {folder} differ: only in "
+                    f"train: {only_train or 'none'}; only in {other}: {only_other or 'none'}. "
+                    "Give both the same class folders."
+                )
+        return classes
+
+    def _folder(self, name: SourceName) -> Path | None:
+        """Where source ``name`` lives; no separate validation folder if it is the test split."""
+        if name == "val" and self.test_split == "val":
+            return None
+        return Path(self.data_dir) / (self.test_split if name == "test" else name)
+
+    def _layout(self) -> str:
+        lines = [
+            "Expected layout:",
+            f"  {self.data_dir}/train/<class>/<image files>",
+            f"  {self.data_dir}/{self.test_split}/<class>/<image files>   (data.test_split)",
+        ]
+        if self._folder("val") is not None:
+            lines.append(
+                f"  {self.data_dir}/val/<class>/<image files>   (optional; else data.val_size "
+                "of train is held out)"
+            )
+        return "\n".join(lines)
+
+    def _load_source(self, name: SourceName) -> Dataset | None:
+        folder = self._folder(name)
+        if folder is None or (name == "val" and not folder.is_dir()):
+            return None
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"no {folder.name}/ folder in {self.data_dir}. {self._layout()}"
+            )
+        class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        bad = find_unreadable([path for path, _ in samples])
+        if bad:
+            self._report_bad_files(folder, bad)
+        return ImageFiles([sample for sample in samples if sample[0] not in bad])
+
+    def _report_bad_files(self, folder: Path, bad: dict[str, str]) -> None:
+        first = list(bad.items())[:MAX_LISTED_BAD_FILES]
+        listed = [f"  {path}: {reason}" for path, reason in first]
+        if len(bad) > MAX_LISTED_BAD_FILES:
+            listed.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more")
+        summary = f"{len(bad)} unreadable image files in {folder}:\n" + "\n".join(listed)
+        if self.on_bad_image == "error":
+            raise ValueError(
+                f"{summary}\nFix or delete them, or set data.on_bad_image=skip to leave them out."
+            )
+        rank_zero_warn(f"Skipping {summary}")

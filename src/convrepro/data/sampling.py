@@ -1,0 +1,161 @@
+"""Samplers that make data order a pure function of the seed, the epoch and the device layout.
+
+Lightning's default (``DistributedSampler``) pads evaluation shards by repeating samples, which
+biases DDP metrics, and cannot resume inside an epoch. The trainer therefore runs with
+``use_distributed_sampler=False`` and the datamodules shard the data themselves:
+
+* :class:`ShuffledShardSampler` (training): a fresh permutation per epoch, equal shards per rank so
+  DDP ranks step together, resumable mid-epoch. It yields ``(epoch, index)`` pairs so that the
+  dataset seeds each sample's augmentation from the epoch too, even inside persistent workers
+  that never see ``set_epoch``.
+* :class:`ShardedEvalBatchSampler` (validation/test/predict): in order, every sample exactly
+  once across ranks, and the same number of batches on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, Sampler
+
+# Independent random streams derived from one user seed.
+SHUFFLE_STREAM = 0
+AUGMENT_STREAM = 1
+SPLIT_STREAM = 2
+
+
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed that is a pure, well-mixed function of ``keys`` (non-negative integers).
+
+    ``numpy.random.SeedSequence`` hashes its entropy, so nearby keys (epoch 3 vs 4, sample 41 vs
+    42) give unrelated streams, unlike ``seed + epoch`` schemes where runs overlap.
+    """
+    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
+
+
+class ShuffledShardSampler(Sampler[tuple[int, int]]):
+    """Training order: an epoch-seeded permutation, split into equal shards, one per rank.
+
+    Like ``DistributedSampler(shuffle=True, drop_last=True)``, the permutation is cut to a multiple
+    of ``num_replicas`` and rank ``r`` takes positions ``r, r + W, r + 2W, ...``, so every rank
+    gets the same number of samples. Unlike it, the permutation is a pure function of
+    ``(seed, epoch)``, and the sampler yields ``(epoch, index)`` pairs.
+
+    Resuming: ``load_state_dict({"epoch": e, "start_index": k})`` makes epoch ``e`` skip the
+    first ``k`` samples of its permutation, counted across all ranks (``k`` = optimizer steps
+    done in the epoch x global batch size). The sampler itself cannot count what the training
+    loop consumed (workers prefetch ahead), so the caller supplies ``k`` from the loop's
+    progress. Lightning calls ``set_epoch`` at each epoch start; a call with another epoch
+    drops the pending skip.
+    """
+
+    def __init__(
+        self, num_samples: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        if num_samples < num_replicas:
+            raise ValueError(
+                f"cannot shard {num_samples} training samples over {num_replicas} ranks"
+            )
+        self.num_samples = num_samples
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_index = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` (Lightning calls this at every epoch start)."""
+        if epoch != self.epoch:
+            self.start_index = 0
+        self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next iteration starts: ``{"epoch", "start_index"}``."""
+        return {"epoch": self.epoch, "start_index": self.start_index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume epoch ``state["epoch"]`` after ``state["start_index"]`` samples (all ranks)."""
+        start_index = int(state["start_index"])
+        if not 0 <= start_index <= self.num_samples:
+            raise ValueError(
+                f"start_index {start_index} is outside this {self.num_samples}-sample epoch"
+            )
+        self.epoch = int(state["epoch"])
+        self.start_index = start_index
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.seed, SHUFFLE_STREAM, self.epoch)
+        )
+        order = torch.randperm(self.num_samples, generator=generator)
+        order = order[: len(self) * self.num_replicas]
+        remaining = order[self.start_index :]
+        # Equal shards even when start_index came from a run with another world size.
+        remaining = remaining[: len(remaining) // self.num_replicas * self.num_replicas]
+        for index in remaining[self.rank :: self.num_replicas].tolist():
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        # The full epoch, also when resuming: Lightning counts the skipped batches itself.
+        return self.num_samples // self.num_replicas
+
+
+class ShardedEvalBatchSampler(BatchSampler):
+    """Evaluation batches: in order, each sample exactly once, equal batch counts on all ranks.
+
+    Rank ``r`` takes positions ``r, r + W, r + 2W, ...`` of ``sampler`` (no padding, so shard
+    sizes may differ by one). Batches hold ``batch_size`` samples except the last; if one rank's
+    shard would need one batch fewer than the others, its last full batch gives up one sample
+    to a final batch of one. Equal batch counts keep the ranks in step for anything that
+    communicates once per batch (``self.log(..., on_step=True, sync_dist=True)``, an
+    ``all_gather`` in a step): with one batch more on one rank such a collective is mismatched,
+    which hangs (NCCL) or aborts (gloo).
+
+    The signature follows ``BatchSampler`` so that Lightning can re-create it for prediction (it
+    swaps in its own in-order ``sampler`` and forces ``drop_last=False``).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sized,
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if drop_last:
+            raise ValueError("evaluation must see every sample: drop_last=True is not supported")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        total = len(sampler)
+        self.num_batches = math.ceil(math.ceil(total / num_replicas) / batch_size)
+        smallest_shard = total // num_replicas
+        if smallest_shard < self.num_batches:
+            raise ValueError(
+                f"cannot split {total} samples over {num_replicas} ranks into the same number "
+                f"of non-empty batches of at most {batch_size}: use fewer devices or a larger "
+                "batch size"
+            )
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shard = list(self.sampler)[self.rank :: self.num_replicas]
+        ends = [min((b + 1) * self.batch_size, len(shard)) for b in range(self.num_batches)]
+        if self.num_batches > 1 and ends[-2] == ends[-1]:
+            ends[-2] -= 1  # this shard is one batch short: move one sample into the last batch
+        start = 0
+        for end in ends:
+            yield shard[start:end]
+            start = end
+
+    def __len__(self) -> int:
+        return self.num_batches

@@ -1,0 +1,46 @@
+"""Per-channel statistics and the shared shape of every image pipeline.
+
+Each datamodule lists only its geometric steps; :func:`image_pipeline` wraps them between the
+uint8 tensor conversion and the float normalization, so all pipelines end identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel mean and standard deviation of RGB images scaled to [0, 1]."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+# Training split, 50k images (the values in most CIFAR-10 code; std is per pixel, not per image).
+CIFAR10_STATS = ChannelStats(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+# The 5k labelled training images: the values commonly published for STL-10.
+STL10_STATS = ChannelStats(mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713))
+# ImageNet-1k training set: what torchvision's pretrained VGG/AlexNet weights expect.
+IMAGENET_STATS = ChannelStats(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def image_pipeline(steps: Sequence[v2.Transform], stats: ChannelStats) -> v2.Compose:
+    """PIL image -> uint8 tensor -> ``steps`` -> float32 in [0, 1] -> normalized with ``stats``."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *steps,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(stats.mean), std=list(stats.std)),
+        ]
+    )
+
+
+def horizontal_flip(enabled: bool) -> list[v2.Transform]:
+    """A random left-right flip (p = 0.5) if ``enabled``, else nothing."""
+    return [v2.RandomHorizontalFlip()] if enabled else []
