@@ -105,7 +105,15 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
     skip_md5_checks(monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(cifar_dir)
-    cli = ConvReproCLI(args=["fit", *TINY_ARGS, "--trainer.max_epochs=1"])
+    cli = ConvReproCLI(
+        args=[
+            "fit",
+            *TINY_ARGS,
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks+=convrepro.callbacks.ValidationPlots",
+            "--trainer.callbacks.num_images=8",
+        ]
+    )
     run = cli.trainer.logger.experiment
     try:
         run_dir = only_run_dir(cifar_dir)
@@ -116,6 +124,9 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
         assert run.config["trainer"]["max_epochs"] == 1
         assert run.summary["val/acc"] == pytest.approx(read_summary(run_dir)["best_val_acc"])
         assert run.summary["val/acc_best"] == pytest.approx(run.summary["val/acc"])
+        # ValidationPlots: a confusion-matrix table over all 160 validation images, 8 images
+        assert run.summary["val/confusion_matrix"]["nrows"] == 10 * 10
+        assert run.summary["val/predictions"]["count"] == 8
     finally:
         wandb.finish()
 

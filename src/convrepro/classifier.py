@@ -141,7 +141,7 @@ class ImageClassifier(LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, logits, targets = self._shared_step(batch)
         self.val_loss(loss, weight=targets.numel())
         self.val_acc(logits, targets)
@@ -149,6 +149,7 @@ class ImageClassifier(LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
         self.log("val/acc_top5", self.val_acc_top5)
+        return {"predictions": logits.argmax(dim=1)}  # for ValidationPlots
 
     def on_train_start(self) -> None:
         # Sanity-check batches must not count towards the best accuracy.
