@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datasets import make_cifar10
 
 from convrepro.callbacks import read_summary
+
+from datasets import make_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -98,9 +99,10 @@ def test_fit_test_predict_from_checkpoint(cifar_dir):
 @pytest.mark.slow
 def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, monkeypatch):
     import wandb
-    from datasets import skip_md5_checks
 
     from convrepro.cli import ConvReproCLI
+
+    from datasets import skip_md5_checks
 
     skip_md5_checks(monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")

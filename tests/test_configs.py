@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from datasets import make_cifar10, make_image_folder, make_stl10, skip_md5_checks
 
 from convrepro.cli import ConvReproCLI
 from convrepro.models import weights as weights_module
+
+from datasets import make_cifar10, make_image_folder, make_stl10, skip_md5_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "ablations" not in p.parts)

@@ -1,0 +1,221 @@
+"""The ablation file: which base config, which seeds, which arms (config overrides).
+
+```yaml
+name: lrn_vgg_a_cifar              # W&B group and folder name; default: the file's stem
+base: ../vgg11_cifar.yaml          # relative to this file, or to the working directory
+seeds: [0, 1, 2]                   # every arm runs with every seed (see below)
+baseline: A                        # arm the others are compared with; default: the first arm
+overrides:                         # applied to every arm
+  trainer.max_epochs: 30
+arms:                              # arm name -> dotted config keys (as on the command line)
+  A: {model.backbone.init_args.config: A}
+  A-LRN: {model.backbone.init_args.config: A-LRN}
+```
+
+Seed ``N`` sets ``--seed_everything=N`` and ``--data.init_args.seed=N``, so weight initialisation,
+dropout, data order, augmentation and the held-out validation images all vary with the seed: the
+spread over seeds is the whole run-to-run variation, not only that of the initialisation. Every
+arm uses the same seeds, so runs of one seed share their data (a paired design); the test set is
+the same for all runs. The datamodules draw the split from the same seed as the order; to keep
+the split fixed, set ``data.init_args.seed`` in ``overrides`` (order and augmentation then stay
+fixed too). Arm overrides win over common ``overrides``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms")
+#: Options the runner sets for every run; an ablation file must not set them itself.
+RUNNER_KEYS = ("seed_everything", "ckpt_path", "run", "config")
+DATA_SEED_KEY = "data.init_args.seed"
+SPEC_FILE = "ablation.yaml"
+_NAME = re.compile(r"[\w.-]+")
+
+
+class AblationError(ValueError):
+    """An ablation file or folder that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid: an arm trained with one seed."""
+
+    arm: str
+    seed: int
+    overrides: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        """The run folder's name, the same on every invocation so that a grid can resume."""
+        return f"{self.arm}-seed{self.seed}"
+
+    def cli_args(self) -> list[str]:
+        """Seed and overrides as ``--key=value`` arguments of ``python -m convrepro``."""
+        # jsonargparse lets the last value win: overrides may fix the data seed.
+        seeds = [f"--seed_everything={self.seed}", f"--{DATA_SEED_KEY}={self.seed}"]
+        return seeds + [f"--{key}={format_cli_value(v)}" for key, v in self.overrides.items()]
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """A parsed, validated ablation file (see the module docstring for the format)."""
+
+    name: str
+    base: Path
+    seeds: tuple[int, ...]
+    arms: Mapping[str, Mapping[str, Any]]
+    overrides: Mapping[str, Any]
+    baseline: str
+
+    def runs(self) -> list[Run]:
+        """Every arm x seed, arm-major (the order they are run and reported in)."""
+        return [
+            Run(arm, seed, {**self.overrides, **arm_overrides})
+            for arm, arm_overrides in self.arms.items()
+            for seed in self.seeds
+        ]
+
+    def run_dir(self, out: Path, run: Run) -> Path:
+        """Where the CLI keeps ``run``: ``<out>/runs/<name>/<arm>-seed<N>``."""
+        return runs_root(out) / self.name / run.id
+
+    def to_yaml(self) -> str:
+        """The spec as a self-contained ablation file (absolute base path)."""
+        data = {
+            "name": self.name,
+            "base": str(self.base),
+            "seeds": list(self.seeds),
+            "baseline": self.baseline,
+            "overrides": dict(self.overrides),
+            "arms": {arm: dict(values) for arm, values in self.arms.items()},
+        }
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def runs_root(out: Path) -> Path:
+    """The ``--run.root`` of an ablation's runs."""
+    return out / "runs"
+
+
+def default_out(name: str) -> Path:
+    """Where an ablation writes when ``--out`` is not given."""
+    return Path("runs", "ablations", name)
+
+
+def format_cli_value(value: Any) -> str:
+    """A value as jsonargparse parses it: strings verbatim, anything else as JSON (valid YAML)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
+    """Read and validate an ablation file.
+
+    ``need_base=False`` skips the check that the base config exists, for re-rendering the
+    report of runs that are already done.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AblationError(f"ablation file {path} not found")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise AblationError(f"{path}: expected a mapping with keys {', '.join(ALLOWED_KEYS)}")
+    unknown = sorted(set(data) - set(ALLOWED_KEYS))
+    if unknown:
+        raise AblationError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_KEYS)}"
+        )
+    name = str(data.get("name") or path.stem)
+    _check_name(path, "name", name)
+    arms = _arms(path, data.get("arms"))
+    baseline = data.get("baseline") or next(iter(arms))
+    if baseline not in arms:
+        raise AblationError(
+            f"{path}: baseline {baseline!r} is not an arm; choose one of {', '.join(arms)}"
+        )
+    return AblationSpec(
+        name=name,
+        base=_base(path, data.get("base"), need_base),
+        seeds=_seeds(path, data.get("seeds")),
+        arms=arms,
+        overrides=_overrides(path, "overrides", data.get("overrides")),
+        baseline=baseline,
+    )
+
+
+def _check_name(path: Path, what: str, value: str) -> None:
+    if not _NAME.fullmatch(value):
+        raise AblationError(
+            f"{path}: {what} {value!r} names a folder and may only hold letters, digits, '.', "
+            "'_' and '-'"
+        )
+
+
+def _base(path: Path, base: Any, need_base: bool) -> Path:
+    if not base:
+        raise AblationError(f"{path}: set `base:` to the config every arm starts from")
+    candidates = [path.parent / base, Path(base)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None and need_base:
+        tried = " or ".join(str(c) for c in candidates)
+        raise AblationError(f"{path}: base config {base!r} not found (tried {tried})")
+    return (found or candidates[0]).resolve()
+
+
+def _seeds(path: Path, seeds: Any) -> tuple[int, ...]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise AblationError(f"{path}: `seeds:` must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise AblationError(f"{path}: `seeds:` lists a seed twice: {seeds}")
+    if len(seeds) < 2:
+        warnings.warn(
+            f"{path}: one seed per arm gives no spread estimate, so no confidence intervals or "
+            "p-values; use 3 or more seeds to compare arms",
+            stacklevel=3,  # point at whoever called load_spec
+        )
+    return tuple(seeds)
+
+
+def _arms(path: Path, arms: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(arms, dict) or not arms:
+        raise AblationError(
+            f"{path}: `arms:` must map arm names to config overrides, e.g. "
+            "`arms: {lrn: {model.backbone.init_args.lrn: true}, no-lrn: {...}}`"
+        )
+    for arm in arms:
+        _check_name(path, "arm name", str(arm))
+    return {str(arm): _overrides(path, f"arm {arm!r}", values) for arm, values in arms.items()}
+
+
+def _overrides(path: Path, where: str, overrides: Any) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise AblationError(
+            f"{path}: {where} must map dotted config keys to values, e.g. "
+            f"`trainer.max_epochs: 30`, got {overrides!r}"
+        )
+    for key in overrides:
+        if not isinstance(key, str) or key.startswith("-"):
+            raise AblationError(
+                f"{path}: {where}: {key!r} is not a config key; write keys without dashes, "
+                "e.g. `trainer.max_epochs`"
+            )
+        if key.split(".", 1)[0] in RUNNER_KEYS:
+            raise AblationError(
+                f"{path}: {where} sets {key!r}, which the runner sets for every run "
+                f"({', '.join(RUNNER_KEYS)}); remove it (seeds go in `seeds:`)"
+            )
+    return dict(overrides)

@@ -1,0 +1,136 @@
+"""Ablation statistics against scipy and against values worked out by hand."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from convrepro.ablate import stats
+
+A = [91.2, 90.7, 91.9, 91.4]
+B = [90.1, 90.9, 89.8]
+
+
+@pytest.fixture(autouse=True)
+def no_runtime_warnings():
+    """Degenerate inputs must give NaN and a note, not numpy warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_summary_is_mean_sample_std_and_t_interval():
+    summary = stats.summarize(A)
+    assert summary.n == 4
+    assert summary.mean == pytest.approx(np.mean(A))
+    assert summary.std == pytest.approx(np.std(A, ddof=1))
+    low, high = scipy_stats.t.interval(0.95, 3, loc=np.mean(A), scale=scipy_stats.sem(A))
+    assert (summary.ci_low, summary.ci_high) == pytest.approx((low, high))
+
+
+def test_welch_matches_scipy():
+    result = stats.welch_test(A, B)
+    reference = scipy_stats.ttest_ind(A, B, equal_var=False)
+    interval = reference.confidence_interval(0.95)
+    assert result.difference == pytest.approx(np.mean(A) - np.mean(B))
+    assert result.t == pytest.approx(reference.statistic)
+    assert result.df == pytest.approx(reference.df)
+    assert result.p == pytest.approx(reference.pvalue)
+    assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high))
+
+
+def test_welch_by_hand():
+    # means 2 and 5, both variances 1: se = sqrt(2/3), t = -3 * sqrt(3/2), df = 4 exactly
+    result = stats.welch_test([1, 2, 3], [4, 5, 6])
+    assert result.t == pytest.approx(-3 * math.sqrt(1.5))
+    assert result.df == pytest.approx(4.0)
+    assert result.p == pytest.approx(2 * scipy_stats.t.sf(3 * math.sqrt(1.5), 4))
+    half = scipy_stats.t.ppf(0.975, 4) * math.sqrt(2 / 3)
+    assert (result.ci_low, result.ci_high) == pytest.approx((-3 - half, -3 + half))
+
+
+def test_paired_matches_scipy():
+    a, b = A[:3], B
+    result = stats.paired_test(a, b)
+    reference = scipy_stats.ttest_rel(a, b)
+    interval = reference.confidence_interval(0.95)
+    assert result.t == pytest.approx(reference.statistic)
+    assert result.df == reference.df == 2
+    assert result.p == pytest.approx(reference.pvalue)
+    assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high))
+
+
+def test_permutation_matches_scipy_exact_test():
+    def mean_difference(x, y, axis):
+        return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+    a, b = [91.2, 90.7, 91.9], [90.1, 90.9, 89.8]
+    reference = scipy_stats.permutation_test(
+        (a, b), mean_difference, permutation_type="independent", n_resamples=np.inf
+    )
+    result = stats.permutation_test(a, b)
+    assert result.splits == 20
+    assert result.p == pytest.approx(reference.pvalue)
+
+
+def test_permutation_by_hand():
+    # 3 vs 3 fully separated: only the 2 extreme splits of 20 reach |diff| = 3.
+    assert stats.permutation_test([1, 2, 3], [4, 5, 6]).p == pytest.approx(2 / 20)
+    # 2 vs 3 over 1..5: |diff| = |5 s - 30| / 6 for subset sum s; s <= 3 or s >= 9: 2 of 10.
+    result = stats.permutation_test([1, 2], [3, 4, 5])
+    assert (result.p, result.splits) == (pytest.approx(0.2), 10)
+
+
+def test_permutation_counts_ties_reached_in_another_summation_order():
+    # 0.1 + 0.2 != 0.3 in floating point; equal differences must still count as ties.
+    assert stats.permutation_test([0.1, 0.2], [0.3, 0.0]).p == pytest.approx(1.0)
+
+
+def test_permutation_refuses_too_many_splits():
+    result = stats.permutation_test(range(12), range(12), max_splits=1000)
+    assert math.isnan(result.p)
+    assert "too many" in result.note
+
+
+def test_compare_pairs_runs_by_seed():
+    arm = {0: 91.0, 1: 92.5, 2: 91.5, 5: 93.0}
+    baseline = {2: 90.0, 1: 91.0, 0: 90.5}
+    comparison = stats.compare("lrn", arm, "no-lrn", baseline)
+    assert comparison.paired_seeds == (0, 1, 2)
+    reference = scipy_stats.ttest_rel([91.0, 92.5, 91.5], [90.5, 91.0, 90.0])
+    assert comparison.paired.p == pytest.approx(reference.pvalue)
+    assert comparison.welch.p == pytest.approx(
+        scipy_stats.ttest_ind(list(arm.values()), list(baseline.values()), equal_var=False).pvalue
+    )
+    assert comparison.permutation.splits == math.comb(7, 4)
+    assert comparison.notes == []
+
+
+def test_one_run_gives_nan_and_notes():
+    summary = stats.summarize([90.0])
+    assert summary.mean == 90.0
+    assert math.isnan(summary.std) and math.isnan(summary.ci_low)
+    assert "one run" in summary.note
+    comparison = stats.compare("b", {0: 91.0}, "a", {0: 90.0})
+    assert comparison.welch.difference == pytest.approx(1.0)
+    assert math.isnan(comparison.welch.p) and math.isnan(comparison.paired.p)
+    assert comparison.permutation.p == 1.0  # 2 splits, both reach |diff| = 1
+    assert any("fewer than 2 runs" in note for note in comparison.notes)
+    assert stats.summarize([]).n == 0
+
+
+def test_zero_spread_gives_nan_and_notes():
+    welch = stats.welch_test([90.0, 90.0, 90.0], [91.0, 91.0, 91.0])
+    assert welch.difference == pytest.approx(-1.0)
+    assert math.isnan(welch.t) and math.isnan(welch.p) and math.isnan(welch.ci_low)
+    assert "no spread" in welch.note
+    paired = stats.paired_test([91.0, 92.0, 93.0], [90.0, 91.0, 92.0])
+    assert math.isnan(paired.p)
+    assert "same difference" in paired.note
+    # equal up to rounding (83.00000000000001 - 80.0) is still no spread
+    rounded = stats.paired_test([100 * (0.80 + 0.01 * s + 0.02) for s in range(3)], [80, 81, 82])
+    assert math.isnan(rounded.p)
+    # one arm without spread is fine: Welch's df falls to the other arm's n - 1
+    assert stats.welch_test([90.0, 90.0, 90.0], [91.0, 92.0, 93.0]).df == pytest.approx(2.0)
