@@ -70,7 +70,12 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        # Speed switches are not hyperparameters: LightningCLI re-applies a checkpoint's
+        # hyperparameters over the command line, and these must stay switchable on resume.
+        self.save_hyperparameters(
+            ignore=["backbone", "optimizer", "lr_scheduler", "channels_last", "compile"]
+        )
+        self.channels_last = channels_last
         self.backbone = backbone
         self.class_names = (
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -114,7 +119,7 @@ class ImageClassifier(LightningModule):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.hparams.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
