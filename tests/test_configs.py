@@ -73,3 +73,26 @@ def test_config_prints(config, capsys):
         ConvReproCLI(args=["fit", f"--config={config}", "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: convrepro." in capsys.readouterr().out
+
+
+def test_a_torchvision_model_works_as_backbone(tmp_path, monkeypatch):
+    skip_md5_checks(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    data_dir = make_cifar10(tmp_path / "data", n_train=40, n_test=8)
+    cli = ConvReproCLI(
+        args=[
+            "fit",
+            f"--config={ROOT / 'configs' / 'vgg11_cifar.yaml'}",
+            "--model.backbone=torchvision.models.AlexNet",
+            f"--data.init_args.data_dir={data_dir}",
+            "--data.init_args.resize=64",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.val_size=4",
+            "--data.init_args.num_workers=0",
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    assert isinstance(cli.model.backbone, torchvision.models.AlexNet)
+    assert cli.model.backbone.classifier[-1].out_features == 10
+    assert cli.trainer.state.finished
