@@ -37,7 +37,8 @@ def run_main(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Complete
         # sitecustomize there lets torchvision accept made-up CIFAR files (md5 check only)
         "PYTHONPATH": os.pathsep.join([str(TESTS / "subprocess_site"), str(TESTS)]),
     }
-    env.pop("CONVREPRO_RUN_ID", None)
+    for inherited in ("CONVREPRO_RUN_ID", "CONVREPRO_RUN_ID_OWNER", "WANDB_SERVICE"):
+        env.pop(inherited, None)  # the child must not join this process's run or W&B service
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *args],
         cwd=cwd,

@@ -58,6 +58,8 @@ def test_config_runs_one_step(config, tmp_path, monkeypatch, fake_imagenet_downl
             "--data.init_args.val_size=4",
             "--data.init_args.num_workers=0",
             "--trainer.fast_dev_run=1",
+            # Compiling VGG-16 takes over a minute on a 2-core CPU; test_classifier compiles.
+            "--model.compile=false",
         ]
     )
     assert cli.trainer.state.finished

@@ -6,11 +6,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from datasets import BAD_FILES, IMAGE_KINDS, make_image_folder
 from PIL import Image
 
 from convrepro.data import ImageFolderDataModule
 from convrepro.data.folder import load_rgb
+
+from datasets import BAD_FILES, IMAGE_KINDS, make_image_folder
 
 N_PER_CLASS = len(IMAGE_KINDS)  # one file of each kind per class
 

@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+
 from datasets import balanced_labels, make_cifar10, make_images, make_stl10
 
 

@@ -6,10 +6,11 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from datasets import STL10_CLASSES, make_images, make_stl10, skip_md5_checks
 
 from convrepro.data import STL10DataModule
 from convrepro.data.transforms import STL10_STATS
+
+from datasets import STL10_CLASSES, make_images, make_stl10, skip_md5_checks
 
 N_TRAIN, N_TEST = 100, 30
 

@@ -65,14 +65,16 @@ class RunSummary(Callback):
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update(_scalar_metrics(trainer, ("val/", "lr")))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / HISTORY_FILE
-        new_file = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        rows = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+        rows.append(row)
+        # Columns of earlier rows first: a resumed run may log its metrics in another order.
+        columns = list(dict.fromkeys(key for r in rows for key in r))
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, table.getvalue())
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -154,7 +156,6 @@ class PredictionWriter(BasePredictionWriter):
 def _sample_names(trainer: Trainer) -> list[str] | None:
     sample_names = getattr(trainer.datamodule, "sample_names", None)
     return sample_names("predict") if callable(sample_names) else None
-
 
 
 class ValidationPlots(Callback):

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from convrepro.errors import ConfigError
+from convrepro.protocol import EvaluationProtocol
 from convrepro.schedules import WarmupCosineLR
 
 #: The papers' optimiser (VGG sec. 3.1, AlexNet sec. 5): SGD, momentum 0.9, weight decay 5e-4.
@@ -50,6 +52,11 @@ class ImageClassifier(LightningModule):
         channels_last: Run convolutions in NHWC memory format (faster with tensor cores).
         compile: ``torch.compile`` the backbone in place; state-dict keys stay unprefixed so
             checkpoints load whether or not it was on.
+        test_protocol: How ``test`` and ``predict`` score the test images, e.g. the VGG paper's
+            dense or multi-crop evaluation or AlexNet's ten crops (:mod:`convrepro.protocol`).
+            ``None`` = one forward pass of what the datamodule gives (its center crops).
+            ``test`` always logs ``test/error`` and ``test/error_top5`` too, as the papers'
+            tables do.
     """
 
     def __init__(
@@ -64,17 +71,29 @@ class ImageClassifier(LightningModule):
         backbone_lr_scale: float = 1.0,
         channels_last: bool = False,
         compile: bool = False,
+        test_protocol: EvaluationProtocol | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        # Speed switches are not hyperparameters: LightningCLI re-applies a checkpoint's
-        # hyperparameters over the command line, and these must stay switchable on resume.
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        # Speed switches and the test protocol are not hyperparameters: LightningCLI re-applies
+        # a checkpoint's hyperparameters over the command line, and these must stay switchable
+        # on resume and when testing a checkpoint.
         self.save_hyperparameters(
-            ignore=["backbone", "optimizer", "lr_scheduler", "channels_last", "compile"]
+            ignore=[
+                "backbone",
+                "optimizer",
+                "lr_scheduler",
+                "channels_last",
+                "compile",
+                "test_protocol",
+            ]
         )
+        if test_protocol is not None:
+            test_protocol.check(backbone)
+        self.test_protocol = test_protocol
         self.channels_last = channels_last
         self.backbone = backbone
         self.class_names = (
@@ -84,10 +103,17 @@ class ImageClassifier(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # torchmetrics' default NaN check reads the loss on the host at every update (a GPU sync
+        # per step) and would drop NaN losses from the mean; a diverged run should show NaN.
+        # Without the check torchmetrics ignores `weight=`, so updates repeat a batch's mean
+        # loss once per image: the epoch value stays the mean over images, not over batches.
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
         self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
         self.val_acc_top5, self.test_acc_top5 = _accuracy(num_classes, 5), _accuracy(num_classes, 5)
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best
 
         if freeze_features:
             self._features().requires_grad_(False)
@@ -100,7 +126,7 @@ class ImageClassifier(LightningModule):
     def _features(self) -> nn.Module:
         features = getattr(self.backbone, "features", None)
         if not isinstance(features, nn.Module):
-            raise ValueError(
+            raise ConfigError(
                 f"freeze_features needs a backbone with a `features` module (torchvision layout); "
                 f"{type(self.backbone).__name__} has none. Set model.freeze_features: false."
             )
@@ -113,15 +139,24 @@ class ImageClassifier(LightningModule):
         for name in ("fc", "head"):  # torchvision ResNet-style and ViT-style backbones
             if isinstance(getattr(self.backbone, name, None), nn.Module):
                 return getattr(self.backbone, name)
-        raise ValueError(
+        raise ConfigError(
             f"Cannot find the last layer of {type(self.backbone).__name__} (looked for "
             "classifier[-1], fc, head). Set model.backbone_lr_scale: 1.0."
         )
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(self._in_memory_format(images))
+
+    def _in_memory_format(self, images: Tensor) -> Tensor:
         if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _test_scores(self, images: Tensor) -> Tensor:
+        """Class scores of test images: the test protocol's log-posteriors, else the logits."""
+        if self.test_protocol is None:
+            return self(images)
+        return self.test_protocol(self.backbone, self._in_memory_format(images))
 
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
@@ -140,7 +175,7 @@ class ImageClassifier(LightningModule):
         # The per-step loss is only read when the logger writes (every log_every_n_steps); the
         # epoch values are torchmetrics states, so no step forces a host sync.
         self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        self.train_loss(loss.detach(), weight=targets.numel())
+        self.train_loss(loss.detach().expand(targets.numel()))
         self.train_acc(logits.detach(), targets)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -148,7 +183,7 @@ class ImageClassifier(LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, logits, targets = self._shared_step(batch)
-        self.val_loss(loss, weight=targets.numel())
+        self.val_loss(loss.expand(targets.numel()))
         self.val_acc(logits, targets)
         self.val_acc_top5(logits, targets)
         self.log("val/loss", self.val_loss, prog_bar=True)
@@ -157,8 +192,10 @@ class ImageClassifier(LightningModule):
         return {"predictions": logits.argmax(dim=1)}  # for ValidationPlots
 
     def on_train_start(self) -> None:
-        # Sanity-check batches must not count towards the best accuracy.
-        self.val_acc_best.reset()
+        # Sanity-check batches must not count towards the best accuracy; a resumed run keeps
+        # the best of its earlier part, restored from the checkpoint.
+        if self.trainer.ckpt_path is None:
+            self.val_acc_best.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -167,16 +204,24 @@ class ImageClassifier(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, logits, targets = self._shared_step(batch)
-        self.test_loss(loss, weight=targets.numel())
+        images, targets = batch
+        logits = self._test_scores(images)
+        loss = self.criterion(logits, targets)
+        self.test_loss(loss.expand(targets.numel()))
         self.test_acc(logits, targets)
         self.test_acc_top5(logits, targets)
         self.log("test/loss", self.test_loss)
         self.log("test/acc", self.test_acc)
         self.log("test/acc_top5", self.test_acc_top5)
 
+    def on_test_epoch_end(self) -> None:
+        # The papers report error rates. compute() has already gathered every process's counts;
+        # sync_dist only averages identical values (and keeps Lightning from warning under DDP).
+        self.log("test/error", 1.0 - self.test_acc.compute(), sync_dist=True)
+        self.log("test/error_top5", 1.0 - self.test_acc_top5.compute(), sync_dist=True)
+
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        probabilities = self(batch[0]).float().softmax(dim=1)
+        probabilities = self._test_scores(batch[0]).float().softmax(dim=1)
         probability, index = probabilities.max(dim=1)
         return {"index": index, "probability": probability, "probabilities": probabilities}
 
@@ -214,7 +259,7 @@ class ImageClassifier(LightningModule):
         config: dict = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if scheduler.mode != "max":
-                raise ValueError(
+                raise ConfigError(
                     "ReduceLROnPlateau monitors val/acc, which should rise: set its mode: max"
                 )
             config["monitor"] = "val/acc"

@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from convrepro.errors import ConfigError
+
 
 class WarmupCosineLR(LambdaLR):
     """Linear warm-up to the base LR, then cosine decay to ``min_factor`` x the base LR.
@@ -29,7 +31,7 @@ class WarmupCosineLR(LambdaLR):
         min_factor: float = 0.0,
     ) -> None:
         if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
         self.warmup_fraction = warmup_fraction
         self.warmup_start_factor = warmup_start_factor
         self.min_factor = min_factor
@@ -39,7 +41,7 @@ class WarmupCosineLR(LambdaLR):
     def set_total_steps(self, total_steps: int) -> None:
         """Fix the schedule's length (number of optimiser steps in the whole run)."""
         if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = total_steps
 
     def _factor(self, step: int) -> float:

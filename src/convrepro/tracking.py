@@ -60,9 +60,7 @@ class RunConfigSaver(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.parser.save(
-            self.config, self.run_dir / self.filename, skip_none=False, overwrite=True
-        )
+        self.parser.save(self.config, self.run_dir / self.filename, skip_none=False, overwrite=True)
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

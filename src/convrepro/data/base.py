@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from convrepro.data.device import DeviceBatches
 from convrepro.data.sampling import (
     AUGMENT_STREAM,
     SPLIT_STREAM,
@@ -33,6 +34,7 @@ from convrepro.data.sampling import (
     ShuffledShardSampler,
     derive_seed,
 )
+from convrepro.errors import ConfigError, MissingFileError
 
 SourceName = Literal["train", "val", "test"]
 SplitName = Literal["train", "val", "test", "predict"]
@@ -134,9 +136,9 @@ class BaseImageDataModule(LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0 or null, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0 or null, got {num_workers}")
         _check_val_size(val_size)
         self.save_hyperparameters(logger=False)
         self.data_dir = data_dir
@@ -196,7 +198,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
     def per_device_batch_size(self) -> int:
         """``batch_size`` divided over the devices."""
         if self.batch_size % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={self.batch_size} is the global batch size and must divide "
                 f"evenly over the {self.world_size} devices: use a multiple of {self.world_size}"
             )
@@ -301,7 +303,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         else:
             val_count = self.val_size
         if val_count >= num_images:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_size={self.val_size} leaves no training images out of "
                 f"{num_images}: lower it"
             )
@@ -334,7 +336,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         if per_device <= shard_size:
             return
         detail = f" ({per_device} per device, {shard_size} images per device)"
-        raise ValueError(
+        raise ConfigError(
             f"batch size {self.batch_size} is larger than the {train_size}-image training "
             f"split{detail if self.world_size > 1 else ''}: lower data.batch_size"
         )
@@ -343,7 +345,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         # Lightning would wrap our samplers in a DistributedSampler and shard everything twice.
         connector = getattr(self.trainer, "_accelerator_connector", None)
         if connector is not None and connector.use_distributed_sampler and connector.is_distributed:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} shards the data over devices itself: run the Trainer "
                 "with use_distributed_sampler=False (trainer.use_distributed_sampler: false)"
             )
@@ -356,19 +358,65 @@ class ArchiveDataModule(BaseImageDataModule):
         download: Download the archive into ``data_dir`` if it is not there yet (in
             ``prepare_data``, once per node). With ``False``, missing files are an error that
             says where to put them.
+        device_resident: The fast path: hold the images as one uint8 tensor on the training
+            device and augment whole batches there (:mod:`convrepro.data.device`), with no
+            workers and no per-image PIL work. Same splits, order, shards and augmentation
+            distribution as the DataLoader path; the random draws differ (see there).
+            Training, validation and test batches come from the device; ``predict`` keeps the
+            DataLoader, through which Lightning records which sample each prediction is.
     """
 
     title: ClassVar[str]  # human-readable name, e.g. "CIFAR-10"
     folder: ClassVar[str]  # what the archive extracts to inside data_dir
     url: ClassVar[str]
 
-    def __init__(self, *, download: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *, download: bool = True, device_resident: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.download = download
+        self.device_resident = device_resident
 
     @abstractmethod
     def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
         """torchvision's data set for ``split``, without transforms."""
+
+    @abstractmethod
+    def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
+        """All images of a torchvision data set as uint8 (N, 3, H, W) and its labels as int64
+        (N,), on the CPU, without decoding image by image."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where ``device_resident`` batches are made: the Trainer's device, else the CPU."""
+        return (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """Shuffled by :attr:`train_sampler`, full batches only; from the device if
+        ``device_resident``."""
+        return self._on_device(super().train_dataloader())
+
+    def val_dataloader(self) -> DataLoader | DeviceBatches | list:
+        """The held-out validation images, in order; from the device if ``device_resident``."""
+        loader = super().val_dataloader()
+        return self._on_device(loader) if loader else loader
+
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        """The test images, in order; from the device if ``device_resident``."""
+        return self._on_device(super().test_dataloader())
+
+    def _on_device(self, loader: DataLoader) -> DataLoader | DeviceBatches:
+        """``loader`` itself, or with ``device_resident`` the same batches made on the device."""
+        if not self.device_resident:
+            return loader
+        split = loader.dataset
+        images, labels = self._source_tensors(split.source)
+        index = torch.as_tensor(split.indices, dtype=torch.long)
+        return DeviceBatches.from_loader(
+            loader, images[index].to(self.device), labels[index].to(self.device)
+        )
 
     def prepare_data(self) -> None:
         """Download the archive if asked to (one archive holds every split)."""
@@ -397,7 +445,7 @@ class ArchiveDataModule(BaseImageDataModule):
             if not downloading:
                 raise
             # URLError, timeouts, refused connections, DNS failures (all OSError)
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"could not download {self.title} ({error}). Either {by_hand}."
             ) from error
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
@@ -406,7 +454,7 @@ class ArchiveDataModule(BaseImageDataModule):
                 if self.download
                 else "set data.download=true on a machine with internet"
             )
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.title} is missing or incomplete in {folder}/. Either {automatic}, "
                 f"or {by_hand}."
             ) from error
@@ -416,9 +464,9 @@ def _check_val_size(val_size: int | float) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, int | float):
         raise TypeError(f"data.val_size must be a count or a fraction, got {val_size!r}")
     if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"data.val_size={val_size} as a fraction must be in [0, 1); "
             "give a whole number for a count of images"
         )
     if isinstance(val_size, int) and val_size < 0:
-        raise ValueError(f"data.val_size must not be negative, got {val_size}")
+        raise ConfigError(f"data.val_size must not be negative, got {val_size}")

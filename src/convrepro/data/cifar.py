@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from convrepro.data.base import ArchiveDataModule
 from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip, image_pipeline
+from convrepro.errors import ConfigError
+from convrepro.protocol.lighting import RGBPCA, PCALighting, cached_rgb_pca
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -40,6 +44,10 @@ class CIFAR10DataModule(ArchiveDataModule):
             and flip. ``227`` is the common way to run the ImageNet-sized AlexNet on CIFAR-10:
             the 32 px content is upsampled, not any more detailed, so results are not
             comparable with native-resolution CIFAR networks. ``None`` keeps 32 x 32.
+        pca_lighting: Standard deviation of AlexNet's PCA colour augmentation
+            (:class:`~convrepro.protocol.PCALighting`; the paper's 0.1), fitted to the pixels
+            of the training split (held-out validation images excluded) and cached in
+            ``data_dir``. ``0`` switches it off.
         **kwargs: Everything else of :class:`~convrepro.data.base.ArchiveDataModule` and
             :class:`~convrepro.data.base.BaseImageDataModule` (batch size, workers, seed, ...).
     """
@@ -54,15 +62,21 @@ class CIFAR10DataModule(ArchiveDataModule):
         val_size: int | float = 5000,
         crop_padding: int = 4,
         resize: int | None = None,
+        pca_lighting: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if crop_padding < 0:
-            raise ValueError(f"data.crop_padding must be >= 0, got {crop_padding}")
+            raise ConfigError(f"data.crop_padding must be >= 0, got {crop_padding}")
         if resize is not None and resize < 1:
-            raise ValueError(f"data.resize must be a positive size or null, got {resize}")
+            raise ConfigError(f"data.resize must be a positive size or null, got {resize}")
+        if pca_lighting < 0:
+            raise ConfigError(
+                f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
+            )
         super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
         self.crop_padding = crop_padding
         self.resize = resize
+        self.pca_lighting = pca_lighting
 
     @property
     def class_names(self) -> list[str]:
@@ -70,10 +84,19 @@ class CIFAR10DataModule(ArchiveDataModule):
         return list(CIFAR10_CLASSES)
 
     def train_transform(self) -> v2.Compose:
-        """Padded random crop, flip, optional resize, normalize."""
+        """Padded random crop, flip, optional resize, optional PCA lighting, normalize."""
         crop = [v2.RandomCrop(32, padding=self.crop_padding)] if self.crop_padding else []
         steps = [*crop, *horizontal_flip(self.horizontal_flip), *self._resize()]
-        return image_pipeline(steps, CIFAR10_STATS)
+        lighting = (
+            [PCALighting(self._training_pca(), self.pca_lighting)] if self.pca_lighting else []
+        )
+        return image_pipeline(steps, CIFAR10_STATS, colour_steps=lighting)
+
+    def _training_pca(self) -> RGBPCA:
+        """RGB principal axes of the training split's pixels (the paper's "training set")."""
+        source = self._require_source("train")
+        train_indices, _ = self._hold_out(len(source))
+        return cached_rgb_pca(source.data[train_indices], self.data_dir)
 
     def eval_transform(self) -> v2.Compose:
         """Optional resize, normalize."""
@@ -84,3 +107,8 @@ class CIFAR10DataModule(ArchiveDataModule):
 
     def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
         return CIFAR10(self.data_dir, train=split == "train", download=download)
+
+    def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
+        # torchvision keeps CIFAR-10 as one (N, 32, 32, 3) uint8 array and a list of labels.
+        images = torch.from_numpy(source.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.as_tensor(source.targets, dtype=torch.long)

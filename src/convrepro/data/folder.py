@@ -15,8 +15,10 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from convrepro.data.base import BaseImageDataModule, SourceName
+from convrepro.data.base import BaseImageDataModule, SourceName, SplitView
 from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip, image_pipeline
+from convrepro.errors import ConfigError, MissingFileError
+from convrepro.protocol.scales import TrainingScale
 
 # Eval resizes to image_size / 0.875 before the center crop: torchvision's 256 -> 224.
 CENTER_CROP_FRACTION = 0.875
@@ -90,9 +92,18 @@ class ImageFolderDataModule(BaseImageDataModule):
     Before a split is used, every file is decoded once to find unreadable ones (empty,
     truncated, not really an image), so training never crashes mid-epoch on a bad file.
 
-    Training: ``RandomResizedCrop(image_size, scale=crop_scale)`` and a flip; evaluation:
-    ``Resize(resize_size)`` of the shorter side and ``CenterCrop(image_size)``; both normalize
-    with ImageNet statistics (what pretrained VGG/AlexNet weights expect).
+    Training: ``RandomResizedCrop(image_size, scale=crop_scale)`` and a flip, or with
+    ``train_scale`` the VGG paper's isotropic rescaling to a training scale S and a random
+    ``image_size`` crop; evaluation: ``Resize(resize_size)`` of the shorter side and
+    ``CenterCrop(image_size)``; all normalize with ImageNet statistics (what pretrained
+    VGG/AlexNet weights expect).
+
+    Test protocols (``model.test_protocol``: dense, multi-crop, multi-scale, ten-crop) need the
+    test images larger than the network input; ``test_scale`` hands them over at shorter side Q.
+    By default they are then center-cropped to Q x Q, a deviation from the papers (which
+    evaluate the whole image) that lets images of any aspect ratio share a batch; it drops the
+    sides of non-square images (1/4 of a 4:3 image). ``test_whole_image`` is the papers' exact
+    protocol, at one test image per device.
 
     Args:
         data_dir: Folder with ``train/``, ``test/`` and optionally ``val/``.
@@ -101,7 +112,17 @@ class ImageFolderDataModule(BaseImageDataModule):
         image_size: Side of the square network input (224; e.g. 32 for tiny images).
         resize_size: Shorter side before the evaluation center crop; ``None`` means
             ``image_size / 0.875`` (256 for 224).
-        crop_scale: Range of the training crop area as a fraction of the image.
+        crop_scale: Range of the training crop area as a fraction of the image (unused with
+            ``train_scale``).
+        train_scale: The VGG paper's training scale (sec. 3.1): ``S`` rescales every training
+            image to shorter side S (single-scale training, the paper's 256 or 384),
+            ``[Smin, Smax]`` to an S drawn per image (scale jittering, the paper's [256, 512]);
+            a random ``image_size`` crop follows. ``None``: ``RandomResizedCrop``.
+        test_scale: Shorter side Q of the test images for a test protocol, its largest Q; the
+            protocol rescales to smaller Q on the device. ``None``: the evaluation center crop.
+        test_whole_image: Hand over the whole rescaled test image rather than its central
+            Q x Q square. Images of different aspect ratios cannot share a batch, so this needs
+            one image per device: ``data.batch_size`` = number of devices when testing.
         on_bad_image: ``"skip"`` leaves unreadable files out with one warning listing them;
             ``"error"`` stops with one error listing them.
         **kwargs: Everything else of :class:`~convrepro.data.base.BaseImageDataModule`
@@ -116,26 +137,44 @@ class ImageFolderDataModule(BaseImageDataModule):
         image_size: int = 224,
         resize_size: int | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        train_scale: int | tuple[int, int] | None = None,
+        test_scale: int | None = None,
+        test_whole_image: bool = False,
         on_bad_image: Literal["skip", "error"] = "skip",
         **kwargs: Any,
     ) -> None:
         if image_size < 1:
-            raise ValueError(f"data.image_size must be positive, got {image_size}")
+            raise ConfigError(f"data.image_size must be positive, got {image_size}")
         if resize_size is not None and resize_size < image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.resize_size={resize_size} is smaller than data.image_size={image_size}: "
                 "the center crop would not fit"
             )
         if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise ConfigError(
+                f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}"
+            )
+        training_scale = TrainingScale(train_scale) if train_scale is not None else None
+        if training_scale is not None and training_scale.low < image_size:
+            raise ConfigError(
+                f"data.train_scale={train_scale} is smaller than data.image_size={image_size}: "
+                "the training crop would not fit"
+            )
+        if test_scale is not None and test_scale < 1:
+            raise ConfigError(f"data.test_scale must be positive, got {test_scale}")
+        if test_whole_image and test_scale is None:
+            raise ConfigError("data.test_whole_image needs data.test_scale (the shorter side Q)")
         if test_split == "train":
-            raise ValueError("data.test_split cannot be the training folder")
+            raise ConfigError("data.test_split cannot be the training folder")
         if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"data.on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+            raise ConfigError(f"data.on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
         super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
         self.image_size = image_size
         self.resize_size = resize_size or round(image_size / CENTER_CROP_FRACTION)
         self.crop_scale = tuple(crop_scale)
+        self.training_scale = training_scale
+        self.test_scale = test_scale
+        self.test_whole_image = test_whole_image
         self.on_bad_image = on_bad_image
         self.test_split = test_split
         self._class_names = self._discover_classes()
@@ -146,17 +185,38 @@ class ImageFolderDataModule(BaseImageDataModule):
         return list(self._class_names)
 
     def train_transform(self) -> v2.Compose:
-        """Random resized crop, flip, normalize."""
-        steps = [
-            v2.RandomResizedCrop(self.image_size, scale=self.crop_scale),
-            *horizontal_flip(self.horizontal_flip),
-        ]
-        return image_pipeline(steps, IMAGENET_STATS)
+        """Random resized crop (or training scale S and random crop), flip, normalize."""
+        if self.training_scale is None:
+            crop = [v2.RandomResizedCrop(self.image_size, scale=self.crop_scale)]
+        else:
+            crop = [self.training_scale, v2.RandomCrop(self.image_size)]
+        return image_pipeline([*crop, *horizontal_flip(self.horizontal_flip)], IMAGENET_STATS)
 
     def eval_transform(self) -> v2.Compose:
         """Resize the shorter side, center crop, normalize."""
         steps = [v2.Resize(self.resize_size), v2.CenterCrop(self.image_size)]
         return image_pipeline(steps, IMAGENET_STATS)
+
+    def test_transform(self) -> v2.Compose:
+        """Shorter side ``test_scale``, central square unless ``test_whole_image``, normalize;
+        the evaluation transform if there is no ``test_scale``."""
+        if self.test_scale is None:
+            return self.eval_transform()
+        square = [] if self.test_whole_image else [v2.CenterCrop(self.test_scale)]
+        return image_pipeline([v2.Resize(self.test_scale), *square], IMAGENET_STATS)
+
+    def _build_split(self, name: str) -> SplitView:
+        split = super()._build_split(name)
+        if name != "test":
+            return split
+        if self.test_whole_image and self.per_device_batch_size != 1:
+            raise ConfigError(
+                "data.test_whole_image hands over test images of different shapes, one per "
+                f"device: set data.batch_size to {self.world_size} (the number of devices), "
+                f"not {self.batch_size}"
+            )
+        split.transform = self.test_transform()
+        return split
 
     def _sample_name(self, source_name: SourceName, index: int) -> str:
         source = self._source(source_name)
@@ -167,7 +227,7 @@ class ImageFolderDataModule(BaseImageDataModule):
         root = Path(self.data_dir)
         if not (root / "train").is_dir():
             missing = f"{root}/" if not root.is_dir() else f"{root / 'train'}/"
-            raise FileNotFoundError(f"no image folder at {missing}. {self._layout()}")
+            raise MissingFileError(f"no image folder at {missing}. {self._layout()}")
         classes, _ = find_classes(root / "train")
         for folder in (self._folder("val"), self._folder("test")):
             if folder is None or not folder.is_dir():
@@ -177,7 +237,7 @@ class ImageFolderDataModule(BaseImageDataModule):
             only_train = sorted(set(classes) - set(other_classes))
             only_other = sorted(set(other_classes) - set(classes))
             if only_train or only_other:
-                raise ValueError(
+                raise ConfigError(
                     f"the class folders of {root / 'train'} and {folder} differ: only in "
                     f"train: {only_train or 'none'}; only in {other}: {only_other or 'none'}. "
                     "Give both the same class folders."
@@ -208,9 +268,7 @@ class ImageFolderDataModule(BaseImageDataModule):
         if folder is None or (name == "val" and not folder.is_dir()):
             return None
         if not folder.is_dir():
-            raise FileNotFoundError(
-                f"no {folder.name}/ folder in {self.data_dir}. {self._layout()}"
-            )
+            raise MissingFileError(f"no {folder.name}/ folder in {self.data_dir}. {self._layout()}")
         class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
         samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
         bad = find_unreadable([path for path, _ in samples])
@@ -225,7 +283,7 @@ class ImageFolderDataModule(BaseImageDataModule):
             listed.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more")
         summary = f"{len(bad)} unreadable image files in {folder}:\n" + "\n".join(listed)
         if self.on_bad_image == "error":
-            raise ValueError(
+            raise ConfigError(
                 f"{summary}\nFix or delete them, or set data.on_bad_image=skip to leave them out."
             )
         rank_zero_warn(f"Skipping {summary}")

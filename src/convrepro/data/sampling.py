@@ -22,10 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
 
+from convrepro.errors import ConfigError
+
 # Independent random streams derived from one user seed.
 SHUFFLE_STREAM = 0
 AUGMENT_STREAM = 1
 SPLIT_STREAM = 2
+TRAIN_STEP_STREAM = 3  # dropout and other randomness inside a training step
 
 
 def derive_seed(*keys: int) -> int:
@@ -59,7 +62,7 @@ class ShuffledShardSampler(Sampler[tuple[int, int]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         if num_samples < num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot shard {num_samples} training samples over {num_replicas} ranks"
             )
         self.num_samples = num_samples
@@ -83,7 +86,7 @@ class ShuffledShardSampler(Sampler[tuple[int, int]]):
         """Resume epoch ``state["epoch"]`` after ``state["start_index"]`` samples (all ranks)."""
         start_index = int(state["start_index"])
         if not 0 <= start_index <= self.num_samples:
-            raise ValueError(
+            raise ConfigError(
                 f"start_index {start_index} is outside this {self.num_samples}-sample epoch"
             )
         self.epoch = int(state["epoch"])
@@ -141,7 +144,7 @@ class ShardedEvalBatchSampler(BatchSampler):
         self.num_batches = math.ceil(math.ceil(total / num_replicas) / batch_size)
         smallest_shard = total // num_replicas
         if smallest_shard < self.num_batches:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot split {total} samples over {num_replicas} ranks into the same number "
                 f"of non-empty batches of at most {batch_size}: use fewer devices or a larger "
                 "batch size"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import STL10
 from torchvision.transforms import v2
 
 from convrepro.data.base import ArchiveDataModule
 from convrepro.data.transforms import STL10_STATS, horizontal_flip, image_pipeline
+from convrepro.errors import ConfigError
 
 STL10_CLASSES = (
     "airplane",
@@ -64,11 +67,13 @@ class STL10DataModule(ArchiveDataModule):
         **kwargs: Any,
     ) -> None:
         if fold is not None and fold not in range(NUM_FOLDS):
-            raise ValueError(f"data.fold must be 0-{NUM_FOLDS - 1} or null, got {fold}")
+            raise ConfigError(f"data.fold must be 0-{NUM_FOLDS - 1} or null, got {fold}")
         if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise ConfigError(
+                f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}"
+            )
         if color_jitter < 0:
-            raise ValueError(f"data.color_jitter must be >= 0, got {color_jitter}")
+            raise ConfigError(f"data.color_jitter must be >= 0, got {color_jitter}")
         super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
         self.fold = fold
         self.crop_scale = tuple(crop_scale)
@@ -97,3 +102,7 @@ class STL10DataModule(ArchiveDataModule):
     def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
         folds = self.fold if split == "train" else None
         return STL10(self.data_dir, split=split, folds=folds, download=download)
+
+    def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
+        # torchvision keeps STL-10 as one (N, 3, 96, 96) uint8 array and an array of labels.
+        return torch.from_numpy(source.data), torch.as_tensor(source.labels, dtype=torch.long)

@@ -6,10 +6,11 @@ uint8 tensor conversion and the float normalization, so all pipelines end identi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 from torchvision.transforms import v2
 
 
@@ -29,13 +30,20 @@ STL10_STATS = ChannelStats(mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0
 IMAGENET_STATS = ChannelStats(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def image_pipeline(steps: Sequence[v2.Transform], stats: ChannelStats) -> v2.Compose:
-    """PIL image -> uint8 tensor -> ``steps`` -> float32 in [0, 1] -> normalized with ``stats``."""
+def image_pipeline(
+    steps: Sequence[Callable[[Tensor], Tensor]],
+    stats: ChannelStats,
+    colour_steps: Sequence[Callable[[Tensor], Tensor]] = (),
+) -> v2.Compose:
+    """PIL image -> uint8 tensor -> ``steps`` -> float32 in [0, 1] -> ``colour_steps`` ->
+    normalized with ``stats``. Colour augmentation such as PCA lighting goes in ``colour_steps``:
+    it acts on the [0, 1] RGB values it was fitted to."""
     return v2.Compose(
         [
             v2.ToImage(),
             *steps,
             v2.ToDtype(torch.float32, scale=True),
+            *colour_steps,
             v2.Normalize(mean=list(stats.mean), std=list(stats.std)),
         ]
     )

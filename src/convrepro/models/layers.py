@@ -5,6 +5,8 @@ from collections.abc import Iterable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convrepro.errors import ConfigError
+
 
 class PaperLRN(nn.Module):
     """Local response normalisation as written in Krizhevsky et al. (2012), sec 3.3.
@@ -76,24 +78,24 @@ def check_choice(argument: str, value: object, choices: Iterable[object]) -> Non
     choices = tuple(choices)
     if value not in choices:
         valid = ", ".join(repr(choice) for choice in choices)
-        raise ValueError(f"{argument}={value!r} is not valid; choose one of {valid}")
+        raise ConfigError(f"{argument}={value!r} is not valid; choose one of {valid}")
 
 
 def check_num_classes(num_classes: int) -> None:
     """Raise a ValueError unless ``num_classes`` is a positive integer."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
 def check_image_batch(x: Tensor, *, min_size: int, model_name: str, advice: str) -> None:
     """Raise one clear ValueError if ``x`` is not an (N, 3, H, W) batch with H, W >= min_size."""
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
+        raise ConfigError(
             f"{model_name} expects a batch of RGB images shaped (N, 3, H, W), got {tuple(x.shape)}"
         )
     height, width = x.shape[-2:]
     if min(height, width) < min_size:
-        raise ValueError(
+        raise ConfigError(
             f"{model_name} needs inputs of at least {min_size}x{min_size} px, "
             f"got {height}x{width}; {advice}"
         )

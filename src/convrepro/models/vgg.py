@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convrepro.errors import ConfigError
 from convrepro.models.layers import (
     ReLUWithLRN,
     check_choice,
@@ -118,7 +119,7 @@ class VGG(nn.Module):
         check_choice("init", init, get_args(VGGInit))
         check_num_classes(num_classes)
         if weights is not None and warm_start is not None:
-            raise ValueError(
+            raise ConfigError(
                 "pass either weights (load a whole trained net) or warm_start (initialise a "
                 "deeper net from net A), not both"
             )
@@ -198,7 +199,7 @@ class VGG(nn.Module):
             )
         problems = describe_mismatch(net_a.state_dict(), state_dict)
         if problems:
-            raise ValueError(
+            raise ConfigError(
                 f"warm_start needs the weights of a trained {net_a.arch_name}, matching this "
                 f"net's batch_norm, head and num_classes. {problems}"
             )

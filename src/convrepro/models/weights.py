@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model_weights
 
+from convrepro.errors import ConfigError, DownloadError
+
 # Attribute under which the LightningModule holds the network; its checkpoints prefix keys with it.
 _BACKBONE_PREFIX = "backbone."
 # torch.compile wraps a module as `_orig_mod`, which appears as a key component in state dicts.
@@ -33,14 +35,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise ConfigError(
             f"refusing to read {path}: torch.load(weights_only=True) rejected it. Either it "
             "holds pickled Python objects besides tensors, which could run arbitrary code (if "
             "it was written by torch.save(model), re-save it with "
             "torch.save(model.state_dict(), path)), or it is not a PyTorch file."
         ) from err
     except (RuntimeError, KeyError, EOFError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"cannot read {path}: it is not a PyTorch file, or truncated/corrupted ({err!s:.200})"
         ) from err
 
@@ -56,10 +58,10 @@ def _check_is_state_dict(content: object, path: Path) -> None:
         "torch.save(model.state_dict(), path), or a Lightning checkpoint"
     )
     if not isinstance(content, Mapping) or not content:
-        raise ValueError(f"{path} holds no state dict ({type(content).__name__}); {expected}")
+        raise ConfigError(f"{path} holds no state dict ({type(content).__name__}); {expected}")
     for key, value in content.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is not a state dict: entry {key!r} is a {type(value).__name__}; {expected}"
             )
 
@@ -101,7 +103,7 @@ def load_backbone_weights(
     final_layer = _final_layer_keys(model)
     problems = describe_mismatch(expected, provided, allow_shape_change=final_layer)
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"{source} does not fit {arch_name}; it looks like weights of another architecture or "
             f"configuration. {problems} Pass weights saved from {arch_name}, or build the model "
             "they were saved from."
@@ -200,11 +202,11 @@ def fetch_weights(
     if path.is_file():
         return load_state_dict_file(path), str(path)
     if weights_enum is not None:
-        raise ValueError(
+        raise ConfigError(
             f"weights={weights!r} is neither an existing file nor a torchvision weights name "
             f"for {arch_name}; valid names: {', '.join(weights_enum.__members__)}"
         )
-    raise ValueError(
+    raise ConfigError(
         f"weights={weights!r} is not an existing file, and torchvision has no pretrained "
         f"weights for {arch_name}; pass the path of a state dict or checkpoint"
     )
@@ -222,7 +224,7 @@ def _download(entry: WeightsEnum) -> dict[str, Tensor]:
         )
     except OSError as err:  # URLError, timeouts and DNS failures are all OSErrors
         target = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
-        raise RuntimeError(
+        raise DownloadError(
             f"could not download {entry!r} ({err}). Fetch {entry.url} by other means and put "
             f"it at {target} (the torch hub cache under $TORCH_HOME), or pass the file's path "
             "as weights=..."

@@ -1,0 +1,37 @@
+"""Failures the user can act on, as opposed to bugs.
+
+``main.py`` prints a :class:`UserError` as one line (``error: <message>``) and exits with its
+``exit_code``; anything else keeps its traceback, because it is a bug. Set ``CONVREPRO_DEBUG=1``
+to see the traceback of a user error too.
+
+Each subclass also derives from the built-in exception it stands for, so code (and tests) that
+catch ``ValueError`` or ``FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+DEBUG_ENV = "CONVREPRO_DEBUG"
+
+
+class UserError(Exception):
+    """A problem with the command, config, files or data; the message says what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A setting, or a combination of settings and data, that cannot work."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A data set, checkpoint or weights file that is not where the config says."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """A download that cannot happen from this machine (no network, blocked host)."""
+
+
+class TrainingDiverged(UserError, ArithmeticError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+    exit_code = 3

@@ -1,0 +1,122 @@
+"""The test protocol inside ImageClassifier's test and predict steps, and from the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from convrepro.classifier import ImageClassifier
+from convrepro.cli import ConvReproCLI
+from convrepro.protocol import DenseEvaluation, TenCropEvaluation
+
+from datasets import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 4
+
+
+class TinyFullyConvolutional(nn.Module):
+    """A conv layer averaged over space: scores any image size, so it is its own dense form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, NUM_CLASSES, 5)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.conv(images).mean(dim=(2, 3))
+
+    def dense(self) -> nn.Module:
+        return self
+
+
+def _trainer() -> Trainer:
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+
+
+def _test_data() -> tuple[Tensor, Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(12, 3, 20, 24), torch.randint(0, NUM_CLASSES, (12,))
+
+
+def test_test_step_scores_with_the_protocol_and_reports_error_rates():
+    images, targets = _test_data()
+    protocol = TenCropEvaluation(crop_size=16)
+    model = ImageClassifier(
+        TinyFullyConvolutional(), num_classes=NUM_CLASSES, test_protocol=protocol
+    )
+    loader = DataLoader(TensorDataset(images, targets), batch_size=5)
+    (results,) = _trainer().test(model, loader, verbose=False)
+
+    with torch.no_grad():
+        log_posteriors = protocol(model.backbone, images)
+    accuracy = (log_posteriors.argmax(dim=1) == targets).float().mean().item()
+    assert results["test/acc"] == pytest.approx(accuracy)
+    assert results["test/error"] == pytest.approx(1 - accuracy)
+    assert results["test/error_top5"] == pytest.approx(0.0)  # top-5 of 4 classes
+    nll = nn.functional.nll_loss(log_posteriors, targets).item()
+    assert results["test/loss"] == pytest.approx(nll, rel=1e-5)
+    assert "test_protocol" not in model.hparams  # see the checkpoint test below
+
+
+def test_predict_step_returns_the_protocols_posteriors():
+    images, targets = _test_data()
+    protocol = DenseEvaluation(scales=[16, 20], flip=True)
+    model = ImageClassifier(
+        TinyFullyConvolutional(), num_classes=NUM_CLASSES, test_protocol=protocol
+    )
+    batches = _trainer().predict(model, DataLoader(TensorDataset(images, targets), batch_size=6))
+    probabilities = torch.cat([batch["probabilities"] for batch in batches])
+    with torch.no_grad():
+        expected = protocol.posteriors(model.backbone, images)
+    torch.testing.assert_close(probabilities, expected)
+
+
+def test_a_protocol_the_backbone_cannot_run_fails_at_construction():
+    with pytest.raises(ValueError, match="DenseEvaluation needs a backbone"):
+        ImageClassifier(nn.Linear(3, 2), num_classes=2, test_protocol=DenseEvaluation())
+
+
+@pytest.mark.slow  # end to end: fit and test through the CLI
+def test_testing_a_checkpoint_uses_the_protocol_of_the_test_command(tmp_path, monkeypatch):
+    # LightningCLI re-applies a checkpoint's hyperparameters over the command line; the protocol
+    # of the training run (none here) must not replace the one asked for at test time.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    data = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), n_per_class=2)
+    small = [
+        f"--config={ROOT / 'configs/paper/vgg11_imagenet.yaml'}",
+        f"--data.init_args.data_dir={data}",
+        "--data.init_args.test_split=test",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.val_size=2",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.image_size=32",
+        "--data.init_args.train_scale=40",
+        "--data.init_args.resize_size=40",
+        "--data.init_args.test_scale=48",
+        "--model.backbone.init_args.head=cifar",
+        "--trainer.logger=false",
+    ]
+    fit = ConvReproCLI(
+        args=[
+            "fit",
+            *small,
+            "--model.test_protocol=null",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
+    assert fit.model.test_protocol is None
+    test = ConvReproCLI(
+        args=["test", *small, "--model.test_protocol.init_args.scales=[40,48]", "--ckpt_path=last"]
+    )
+    protocol = test.model.test_protocol
+    assert isinstance(protocol, DenseEvaluation) and protocol.scales == [40, 48]
+    summary = json.loads(next(tmp_path.glob("runs/vgg11_imagenet/*/summary.json")).read_text())
+    assert summary["test/error"] == pytest.approx(1 - summary["test/acc"])
+    assert summary["test/error_top5"] == pytest.approx(1 - summary["test/acc_top5"])
