@@ -24,30 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-STL10_CLASSES = (
-    "airplane",
-    "bird",
-    "car",
-    "cat",
-    "deer",
-    "dog",
-    "horse",
-    "monkey",
-    "ship",
-    "truck",
-)
+from convrepro.data.cifar import CIFAR10_CLASSES
+from convrepro.data.stl10 import STL10_CLASSES
+
 CIFAR_TRAIN_BATCHES = 5
 STL10_FOLDS = 10
 
