@@ -85,6 +85,7 @@ class Spec:
     windows: int
     steps: int
     threads: int
+    delivery_seconds: float
 
     @property
     def data_args(self) -> dict[str, Any]:
@@ -106,14 +107,19 @@ class Spec:
 
 
 class StepClock:
-    """Wall-clock time at the boundaries of the timed windows of optimizer steps."""
+    """Wall-clock and process CPU time at the boundaries of the timed windows of steps.
+
+    The process's CPU time per step is the host's share of the work (all of it on a CPU, the
+    Python and launch overhead on a GPU); unlike wall time it barely moves when other jobs
+    share the machine.
+    """
 
     def __init__(self, spec: Spec, device: torch.device) -> None:
         self.device = device
         self.total_steps = spec.warmup + spec.windows * spec.steps
         self._boundaries = {spec.warmup + i * spec.steps for i in range(spec.windows + 1)}
         self._steps_done = 0
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []  # (wall, process CPU) seconds
 
     @property
     def finished(self) -> bool:
@@ -124,10 +130,15 @@ class StepClock:
         self._steps_done += 1
         if self._steps_done in self._boundaries:
             _synchronize(self.device)  # count the queued work in the window it was launched in
-            self.times.append(time.perf_counter())
+            self.times.append((time.perf_counter(), time.process_time()))
 
-    def window_seconds(self) -> list[float]:
-        return [end - start for start, end in itertools.pairwise(self.times)]
+    def windows(self) -> dict[str, list[float]]:
+        """Wall and CPU seconds of each window."""
+        pairs = list(itertools.pairwise(self.times))
+        return {
+            "windows_s": [end[0] - start[0] for start, end in pairs],
+            "windows_cpu_s": [end[1] - start[1] for start, end in pairs],
+        }
 
 
 class ClockCallback(pl.Callback):
@@ -211,7 +222,7 @@ def run_plain(spec: Spec) -> dict[str, Any]:
             if clock.finished:
                 break
     settings = {"precision": "32-true", "loader": f"DataLoader, {spec.num_workers} workers"}
-    return {"windows_s": clock.window_seconds(), "settings": settings}
+    return {**clock.windows(), "settings": settings}
 
 
 def lightning_settings(spec: Spec, fast: bool) -> dict[str, Any]:
@@ -260,7 +271,7 @@ def run_lightning(spec: Spec, fast: bool) -> dict[str, Any]:
         callbacks=[ClockCallback(clock)],
     )
     trainer.fit(model, datamodule)
-    return {"windows_s": clock.window_seconds(), "settings": settings}
+    return {**clock.windows(), "settings": settings}
 
 
 def run_delivery(spec: Spec) -> dict[str, Any]:
@@ -276,30 +287,28 @@ def run_delivery(spec: Spec) -> dict[str, Any]:
         datamodule.setup("fit")
         loaders[path] = datamodule.train_dataloader()
     results = {}
-    batches = spec.windows * spec.steps
     for path, loader in loaders.items():
-        delivered = _batches(loader, spec.warmup + batches)
+        delivered = _endless(loader)
         for _ in range(spec.warmup):
             next(delivered)
+        # At least delivery_seconds: the device path delivers a window's batches in
+        # milliseconds, too short to time on a shared machine.
         _synchronize(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(batches):
-            next(delivered)
+        wall, cpu, images = time.perf_counter(), time.process_time(), 0
+        while images < spec.windows * spec.steps * spec.batch_size or (
+            time.perf_counter() - wall < spec.delivery_seconds
+        ):
+            images += len(next(delivered)[1])
         _synchronize(device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        images = batches * spec.batch_size
         results[path] = {"images_per_s": images / wall, "images_per_cpu_s": images / cpu}
     return results
 
 
-def _batches(loader: Any, count: int) -> Any:
-    """``count`` batches from ``loader``, starting new epochs as needed."""
+def _endless(loader: Any) -> Any:
+    """Batches from ``loader``, epoch after epoch."""
     while True:
-        for batch in loader:
-            yield batch
-            count -= 1
-            if count == 0:
-                return
+        yield from loader
 
 
 def _peak_memory() -> dict[str, float]:
@@ -365,6 +374,7 @@ def device_name(device: torch.device) -> str:
 def summarise(results: list[dict[str, Any]], spec: Spec, flops: int) -> dict[str, Any]:
     """One path's figures from its measurements (one per round)."""
     seconds = [window for result in results for window in result["windows_s"]]
+    cpu_seconds = [window for result in results for window in result["windows_cpu_s"]]
     window_rates = [spec.steps * spec.batch_size / s for s in seconds]
     images_per_s = spec.steps * spec.batch_size / statistics.median(seconds)
     settings = results[0]["settings"]
@@ -373,6 +383,7 @@ def summarise(results: list[dict[str, Any]], spec: Spec, flops: int) -> dict[str
     return {
         "images_per_s": images_per_s,
         "step_ms": 1000 * statistics.median(seconds) / spec.steps,
+        "host_cpu_ms_per_step": 1000 * statistics.median(cpu_seconds) / spec.steps,
         "best_window_images_per_s": max(window_rates),
         "windows_images_per_s": window_rates,
         "tflops_per_s": flops * images_per_s / 1e12,
@@ -395,9 +406,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['warmup']} warm-up steps. Model: {report['gflops_per_image']:.3f} GFLOP per "
         "training image (forward + backward).",
         "",
-        "| path | settings | images/s (median) | best window | step (ms) | vs (a) | TFLOP/s | MFU "
-        "| peak memory (GiB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| path | settings | images/s (median) | best window | vs (a) | step (ms) "
+        "| host CPU per step (ms) | TFLOP/s | MFU | peak memory (GiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for path in PATHS:
         run = runs[path]
@@ -406,11 +417,13 @@ def markdown(report: dict[str, Any]) -> str:
         mfu = f"{100 * run['mfu']:.1f}%" if run["mfu"] is not None else "n/a"
         lines.append(
             f"| {TITLES[path]} | {settings} | {run['images_per_s']:.1f} "
-            f"| {run['best_window_images_per_s']:.1f} | {run['step_ms']:.1f} "
-            f"| {ratio:.3f} | {run['tflops_per_s']:.3f} | {mfu} | {run['peak_memory_gib']:.2f} |"
+            f"| {run['best_window_images_per_s']:.1f} | {ratio:.3f} | {run['step_ms']:.1f} "
+            f"| {run['host_cpu_ms_per_step']:.1f} | {run['tflops_per_s']:.3f} | {mfu} "
+            f"| {run['peak_memory_gib']:.2f} |"
         )
     lines += [
         "",
+        "Host CPU per step: CPU time of the training process (loader workers not included). "
         f"Peak memory: {runs['plain']['memory']}. MFU needs the device's peak FLOP/s "
         "(lightning's table; none for CPUs).",
         "",
@@ -439,6 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--num-workers", type=int, help="default: the datamodule's default")
     parser.add_argument("--threads", type=int, help="torch threads; default: torch's default")
+    parser.add_argument(
+        "--delivery-seconds", type=float, default=3.0, help="least time per loader, data alone"
+    )
     parser.add_argument("--data-dir", help="holding cifar-10-batches-py/; default: the config's")
     parser.add_argument(
         "--made-up-images", type=int, default=50_000, help="training images if made up"
@@ -478,6 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             windows=args.windows,
             steps=args.steps,
             threads=args.threads or torch.get_num_threads(),
+            delivery_seconds=args.delivery_seconds,
         )
         report = run_all(spec, args.rounds)
     finally:

@@ -48,6 +48,7 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         "--batch-size=8",
         "--num-workers=0",
         "--made-up-images=48",
+        "--delivery-seconds=0.1",
         f"--data-dir={tmp_path / 'no-cifar-here'}",
         f"--out={out}",
     ]
@@ -68,6 +69,7 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         assert len(run["windows_images_per_s"]) == 2
         assert all(rate > 0 and math.isfinite(rate) for rate in run["windows_images_per_s"])
         assert run["step_ms"] == pytest.approx(1000 * 8 / run["images_per_s"])
+        assert 0 < run["host_cpu_ms_per_step"] < 10 * run["step_ms"]
         assert run["tflops_per_s"] == pytest.approx(gflops * run["images_per_s"] / 1000)
         assert run["mfu"] is None  # no peak FLOP/s is known for CPUs
         assert run["peak_memory_gib"] > 0

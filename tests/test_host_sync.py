@@ -6,18 +6,18 @@ launches cannot overlap this step's compute. On the CPU the same calls reach the
 so a dispatch mode counts them here.
 """
 
-from functools import partial
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from convrepro.classifier import ImageClassifier
-from convrepro.data import CIFAR10DataModule
+from convrepro.cli import ConvReproCLI
+from convrepro.data.device import DeviceBatches
 
 from datasets import make_cifar10, skip_md5_checks
-from tiny_backbone import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # aten ops whose result the host must read (or whose output size depends on the data).
 HOST_READS = {
@@ -38,9 +38,15 @@ class CountHostReads(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0] in HOST_READS:
+        if func.__name__.split(".")[0] in HOST_READS or _is_boolean_indexing(func, args):
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+def _is_boolean_indexing(func, args) -> bool:
+    return func is torch.ops.aten.index.Tensor and any(
+        index is not None and index.dtype == torch.bool for index in args[1]
+    )
 
 
 class HostReadsPerStep(pl.Callback):
@@ -66,31 +72,31 @@ class HostReadsPerStep(pl.Callback):
 
 
 def test_training_steps_do_not_read_device_values_between_log_steps(tmp_path, monkeypatch):
+    # The fast config through the CLI: its callbacks (resume, NaN guard, checkpoints), the
+    # W&B logger and the progress bar all run, on device-resident data.
     skip_md5_checks(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
     data_dir = make_cifar10(tmp_path / "cifar", n_train=200, n_test=10)
-    datamodule = CIFAR10DataModule(
-        data_dir=str(data_dir), val_size=40, batch_size=16, num_workers=0, device_resident=True
+    cli = ConvReproCLI(
+        args=[
+            "fit",
+            f"--config={ROOT / 'configs' / 'vgg16_cifar_fast.yaml'}",
+            "--model.backbone=tiny_backbone.TinyNet",
+            "--model.compile=false",
+            f"--data.init_args.data_dir={data_dir}",
+            "--data.init_args.batch_size=16",
+            "--data.init_args.val_size=40",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.log_every_n_steps={LOG_EVERY}",
+            "--trainer.callbacks+=test_host_sync.HostReadsPerStep",
+        ]
     )
-    model = ImageClassifier(
-        TinyNet(lrn=False),
-        num_classes=10,
-        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=100),
-    )
-    probe = HostReadsPerStep()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_val_batches=1,
-        logger=CSVLogger(tmp_path),
-        log_every_n_steps=LOG_EVERY,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        callbacks=[probe],  # with the default progress bar
-    )
-    trainer.fit(model, datamodule)
+    assert isinstance(cli.trainer.train_dataloader, DeviceBatches)
+    probe = next(c for c in cli.trainer.callbacks if isinstance(c, HostReadsPerStep))
     # counts[s] covers the step that ends at global step s (the last one is epoch end).
-    quiet = {s: n for s, n in probe.counts.items() if s % LOG_EVERY and s < trainer.global_step}
+    steps = cli.trainer.global_step
+    quiet = {s: n for s, n in probe.counts.items() if s % LOG_EVERY and s < steps}
     assert len(quiet) >= 6
     assert all(n == 0 for n in quiet.values()), quiet

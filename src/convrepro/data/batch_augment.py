@@ -252,10 +252,10 @@ class PCALighting:
     """:class:`~convrepro.protocol.PCALighting` with the batch's generator: one colour shift per
     image along the RGB principal axes (float images in [0, 1], before normalization)."""
 
-    axes: Tensor  # (3, 3): row i is the shift of alpha_i = 1
+    axes: Tensor  # (3, 3), on the images' device: row i is the shift of alpha_i = 1
     std: float
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         alphas = torch.randn(len(images), 3, generator=generator, device=images.device)
-        shift = (alphas * self.std) @ self.axes.to(images.device)
+        shift = (alphas * self.std) @ self.axes
         return images + shift.view(-1, 3, 1, 1)

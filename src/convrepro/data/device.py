@@ -40,6 +40,8 @@ class DevicePipeline:
         float_steps: Steps on float images in [0, 1] (PCA lighting), after ``steps``.
         mean: Per-channel mean of the final normalization (images scaled to [0, 1]).
         std: Per-channel standard deviation of the final normalization.
+        device: Where the batches are; every constant the pipeline needs is put there once
+            (a copy from host memory per batch would make the host wait for the device).
     """
 
     def __init__(
@@ -48,21 +50,24 @@ class DevicePipeline:
         float_steps: Sequence[BatchStep],
         mean: Sequence[float],
         std: Sequence[float],
+        device: torch.device,
     ) -> None:
         self.steps = list(steps)
         self.float_steps = list(float_steps)
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     @classmethod
-    def from_transform(cls, transform: v2.Compose) -> DevicePipeline:
-        """The batched equivalent of an ``image_pipeline``:
+    def from_transform(
+        cls, transform: v2.Compose, device: torch.device | str = "cpu"
+    ) -> DevicePipeline:
+        """The batched equivalent of an ``image_pipeline``, for batches on ``device``:
         ``[ToImage, *steps, ToDtype(float32, scale=True), *colour_steps, Normalize]``."""
+        device = torch.device(device)
         transforms = list(getattr(transform, "transforms", []))
         to_float = next((i for i, t in enumerate(transforms) if _is_float_scaling(t)), None)
         if (
             to_float is None
-            or not transforms
             or not isinstance(transforms[0], v2.ToImage)
             or not isinstance(transforms[-1], v2.Normalize)
         ):
@@ -73,10 +78,11 @@ class DevicePipeline:
             )
         normalize = transforms[-1]
         return cls(
-            [_batch_step(t) for t in transforms[1:to_float]],
-            [_batch_step(t) for t in transforms[to_float + 1 : -1]],
+            [_batch_step(t, device) for t in transforms[1:to_float]],
+            [_batch_step(t, device) for t in transforms[to_float + 1 : -1]],
             normalize.mean,
             normalize.std,
+            device,
         )
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -86,8 +92,7 @@ class DevicePipeline:
         images = images.float().div_(MAX_UINT8)
         for step in self.float_steps:
             images = step(images, generator)
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return images.sub_(mean).div_(std)
+        return images.sub_(self.mean).div_(self.std)
 
 
 def _is_float_scaling(transform: v2.Transform) -> bool:
@@ -98,8 +103,9 @@ def _is_float_scaling(transform: v2.Transform) -> bool:
     )
 
 
-def _batch_step(transform: v2.Transform) -> BatchStep:
-    """The batched step of one torchvision v2 transform; an error for any other transform."""
+def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
+    """The batched step of one torchvision v2 transform on ``device``; an error for any other
+    transform."""
     # torchvision stores the mode as an enum or as its string value, depending on the version.
     interpolation = InterpolationMode(getattr(transform, "interpolation", "bilinear"))
     bilinear = interpolation == InterpolationMode.BILINEAR
@@ -120,7 +126,7 @@ def _batch_step(transform: v2.Transform) -> BatchStep:
                 transform.brightness, transform.contrast, transform.saturation
             )
         case PCALighting():
-            return batched.PCALighting(transform.axes, transform.std)
+            return batched.PCALighting(transform.axes.to(device), transform.std)
     raise ValueError(
         f"data.device_resident cannot run {transform} on the device (supported: RandomCrop with "
         "constant padding, RandomHorizontalFlip, bilinear Resize and RandomResizedCrop, "
@@ -173,7 +179,7 @@ class DeviceBatches:
         return cls(
             images,
             labels,
-            DevicePipeline.from_transform(split.transform),
+            DevicePipeline.from_transform(split.transform, images.device),
             loader.batch_sampler,
             seed=split.seed,
         )
