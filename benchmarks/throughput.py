@@ -7,7 +7,8 @@ Three ways to train the config's backbone on CIFAR-10, side by side:
 (a) plain: as seed scripts do it: torchvision's CIFAR10 with PIL transforms (the config's crop,
     flip and resize) in a DataLoader, fp32, ``model(x)``, ``loss.backward()``, ``opt.step()``.
 (b) lightning: ImageClassifier + CIFAR10DataModule + Trainer with (a)'s settings: fp32, same
-    batch size, same loader workers, no cuDNN autotuning; progress bar on, as in real runs.
+    batch size, same loader workers, no cuDNN autotuning; with what runs every step of a real
+    run: progress bar, metrics, the CLI's exact-resume seeding and divergence guard.
 (c) fast: the same with the fast path's settings for this device: device-resident data,
     channels_last and cuDNN autotuning; on a GPU also the CLI's mixed precision and torch.compile.
 
@@ -62,6 +63,8 @@ from convrepro.cli import default_precision
 from convrepro.data import CIFAR10DataModule
 from convrepro.data.synthetic import accepting_made_up_files, write_cifar10
 from convrepro.data.transforms import CIFAR10_STATS
+from convrepro.divergence import DivergenceGuard
+from convrepro.resume import ExactResume
 
 PATHS = ("plain", "lightning", "fast")
 TITLES = {
@@ -205,6 +208,7 @@ def plain_loader(spec: Spec, num_workers: int) -> DataLoader:
 def run_plain(spec: Spec) -> dict[str, Any]:
     """(a): the training loop of a seed script."""
     device = _device()
+    pl.seed_everything(0, verbose=False)  # the same initial weights as (b) and (c)
     model = build_backbone(spec).to(device)
     optimizer = build_optimizer(spec, model.parameters())
     loader = plain_loader(spec, spec.num_workers)
@@ -268,7 +272,8 @@ def run_lightning(spec: Spec, fast: bool) -> dict[str, Any]:
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[ClockCallback(clock)],
+        # The per-step callbacks every CLI run has, and the clock.
+        callbacks=[ExactResume(), DivergenceGuard(), ClockCallback(clock)],
     )
     trainer.fit(model, datamodule)
     return {**clock.windows(), "settings": settings}

@@ -328,6 +328,11 @@ def test_trainer_fit_runs_the_device_batches(cifar_dir, one_thread):
     assert dm.train_sampler.epoch == 1  # Lightning reached set_epoch through batch_sampler
     assert trainer.global_step == 4
     assert trainer.num_sanity_val_steps == 2 and "val/acc" in trainer.callback_metrics
+    trainer.test(trainer.lightning_module, datamodule=dm, verbose=False)
+    assert isinstance(trainer.test_dataloaders, DeviceBatches)
+    assert "test/acc" in trainer.callback_metrics
+    predictions = trainer.predict(trainer.lightning_module, datamodule=dm)
+    assert sum(len(p["index"]) for p in predictions) == 50  # every test image, via DataLoader
 
 
 def test_fast_path_learns_as_well_as_the_dataloader_path(tmp_path, monkeypatch, one_thread):
