@@ -58,13 +58,13 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
-from convrepro.classifier import ImageClassifier
 from convrepro.cli import default_precision
 from convrepro.data import CIFAR10DataModule
 from convrepro.data.synthetic import accepting_made_up_files, write_cifar10
 from convrepro.data.transforms import CIFAR10_STATS
-from convrepro.divergence import DivergenceGuard
-from convrepro.resume import ExactResume
+from convrepro.reliability.divergence import DivergenceGuard
+from convrepro.reliability.resume import ExactResume
+from convrepro.training.classifier import ImageClassifier
 
 PATHS = ("plain", "lightning", "fast")
 TITLES = {

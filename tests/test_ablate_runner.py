@@ -31,7 +31,9 @@ from convrepro.ablate.report import (
     write_results_csv,
 )
 from convrepro.ablate.runner import Status, status_of
-from convrepro.ablate.spec import AblationError, format_cli_value, load_spec
+from convrepro.ablate.spec import format_cli_value, load_spec
+from convrepro.errors import AblationError
+from convrepro.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -268,12 +270,14 @@ def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
     for failed, step, code in (("no-lrn-seed1", "fit", 3), ("lrn-seed0", "fit", 1)):
         assert f"{failed}: {step} exited with {code}; see {runs / failed / 'log.txt'}" in printed
     assert "lrn-seed1: test exited with 3" in printed
-    assert [status_of(runs / r) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")] == [
+    assert [
+        status_of(RunFolder(runs / r)) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")
+    ] == [
         Status.DONE,
         Status.NEW,
         Status.PARTIAL,
     ]
-    assert status_of(runs / "lrn-seed1") is Status.UNTESTED
+    assert status_of(RunFolder(runs / "lrn-seed1")) is Status.UNTESTED
     assert [r["arm"] for r in read_csv(out / "results.csv")] == ["no-lrn"]
     assert (
         "no test result yet (left out): no-lrn-seed1, lrn-seed0, lrn-seed1"
@@ -433,7 +437,7 @@ def test_killed_grid_resumes_with_the_real_cli(tmp_path, monkeypatch):
         )
     try:
         deadline = time.monotonic() + 300
-        others = [runs / r for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")]
+        others = [RunFolder(runs / r) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")]
         while not (marker.exists() and all(status_of(r) is Status.DONE for r in others)):
             assert grid.poll() is None, grid_log.read_text()
             assert time.monotonic() < deadline, "the grid did not reach the held run"
@@ -441,7 +445,7 @@ def test_killed_grid_resumes_with_the_real_cli(tmp_path, monkeypatch):
     finally:
         os.killpg(grid.pid, signal.SIGKILL)  # the runner and every run it started
         grid.wait()
-    assert status_of(runs / held) is Status.PARTIAL
+    assert status_of(RunFolder(runs / held)) is Status.PARTIAL
     before = {r: (r / "summary.json").stat().st_mtime_ns for r in others}
 
     assert main([str(ablation), "--out", str(out)]) == 0

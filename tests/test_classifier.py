@@ -9,8 +9,8 @@ from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from convrepro.classifier import ImageClassifier
-from convrepro.schedules import WarmupCosineLR
+from convrepro.training.classifier import ImageClassifier
+from convrepro.training.schedules import WarmupCosineLR
 
 
 class SmallNet(nn.Module):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from convrepro.callbacks import read_summary
+from convrepro.runs import RunFolder
 
 from datasets import make_cifar10
 
@@ -75,15 +75,15 @@ def test_fit_test_predict_from_checkpoint(cifar_dir):
 
     history = list(csv.DictReader((run_dir / "history.csv").open()))
     assert [int(row["epoch"]) for row in history] == [0, 1]
-    summary = read_summary(run_dir)
-    assert summary["epochs"] == 2
-    assert summary["best_val_acc"] > 0.3  # 10 classes: chance is 0.1
+    summary = RunFolder(run_dir).read_summary()
+    assert summary.epochs == 2
+    assert summary.best_val_acc > 0.3  # 10 classes: chance is 0.1
 
     best = run_dir / "checkpoints" / "best.ckpt"
     run_main(cifar_dir, "test", *TINY_ARGS, f"--ckpt_path={best}")
-    summary = read_summary(run_dir)
-    assert 0.3 < summary["test/acc"] <= 1.0
-    assert summary["test/acc_top5"] >= summary["test/acc"]
+    summary = RunFolder(run_dir).read_summary()
+    assert 0.3 < summary.test["test/acc"] <= 1.0
+    assert summary.test["test/acc_top5"] >= summary.test["test/acc"]
 
     run_main(cifar_dir, "predict", *TINY_ARGS, "--ckpt_path=best")
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
@@ -113,7 +113,7 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
             "fit",
             *TINY_ARGS,
             "--trainer.max_epochs=1",
-            "--trainer.callbacks+=convrepro.callbacks.ValidationPlots",
+            "--trainer.callbacks+=convrepro.training.ValidationPlots",
             "--trainer.callbacks.num_images=8",
         ]
     )
@@ -125,7 +125,9 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
         assert run.config["model"]["backbone"]["class_path"] == "tiny_backbone.TinyNet"
         assert run.config["data"]["init_args"]["val_size"] == 160
         assert run.config["trainer"]["max_epochs"] == 1
-        assert run.summary["val/acc"] == pytest.approx(read_summary(run_dir)["best_val_acc"])
+        assert run.summary["val/acc"] == pytest.approx(
+            RunFolder(run_dir).read_summary().best_val_acc
+        )
         assert run.summary["val/acc_best"] == pytest.approx(run.summary["val/acc"])
         # ValidationPlots: a confusion-matrix table over all 160 validation images, 8 images
         assert run.summary["val/confusion_matrix"]["nrows"] == 10 * 10
@@ -173,4 +175,4 @@ def test_two_process_ddp_fit_has_one_wandb_run_and_one_checkpoint_folder(cifar_d
     run_dir = only_run_dir(cifar_dir)
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert read_summary(run_dir)["epochs"] == 1
+    assert RunFolder(run_dir).read_summary().epochs == 1

@@ -14,9 +14,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from convrepro.classifier import ImageClassifier
 from convrepro.data import CIFAR10DataModule, STL10DataModule
-from convrepro.data.batch_augment import (
+from convrepro.data.augment.batch import (
     RandomResizedCrop,
     adjust_brightness,
     adjust_contrast,
@@ -26,6 +25,7 @@ from convrepro.data.batch_augment import (
 )
 from convrepro.data.device import DeviceBatches, DevicePipeline
 from convrepro.data.transforms import CIFAR10_STATS, image_pipeline
+from convrepro.training.classifier import ImageClassifier
 
 from datasets import balanced_labels, make_cifar10, make_images, skip_md5_checks
 from tiny_backbone import TinyNet

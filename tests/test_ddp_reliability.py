@@ -21,10 +21,10 @@ import torch
 import torch.multiprocessing as mp
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from convrepro.callbacks import read_summary
-from convrepro.classifier import ImageClassifier
 from convrepro.cli import ConvReproCLI
 from convrepro.data import CIFAR10DataModule
+from convrepro.runs import RunFolder
+from convrepro.training.classifier import ImageClassifier
 
 from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
@@ -220,4 +220,4 @@ def test_torchrun_two_nodes_share_a_run_and_stop_together_on_sigterm(cifar, monk
         args=["fit", *CLI_ARGS, "--run.id=twonodes", "--ckpt_path=last", "--trainer.logger=false"]
     )
     assert cli.trainer.global_step == 2 * NUM_TRAIN // GLOBAL_BATCH
-    assert read_summary(run_dir)["epochs"] == 2
+    assert RunFolder(run_dir).read_summary().epochs == 2

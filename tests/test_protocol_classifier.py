@@ -9,9 +9,9 @@ from lightning.pytorch import Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from convrepro.classifier import ImageClassifier
 from convrepro.cli import ConvReproCLI
-from convrepro.protocol import DenseEvaluation, TenCropEvaluation
+from convrepro.training import DenseEvaluation, TenCropEvaluation
+from convrepro.training.classifier import ImageClassifier
 
 from datasets import make_image_folder
 

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from convrepro.models import VGG
-from convrepro.protocol import (
+from convrepro.training import (
     CombinedEvaluation,
     DenseEvaluation,
     MultiCropEvaluation,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from convrepro.data import CIFAR10DataModule
+from convrepro.data.augment import RGBPCA, PCALighting, cached_rgb_pca, lighting, rgb_pca
 from convrepro.data.transforms import CIFAR10_STATS
-from convrepro.protocol import RGBPCA, PCALighting, cached_rgb_pca, lighting, rgb_pca
 
 from datasets import make_cifar10, skip_md5_checks
 
@@ -85,10 +85,10 @@ def test_the_pca_is_computed_once_and_cached_per_set_of_images(tmp_path, monkeyp
 
 
 def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
-    def refuse(path, text):
+    def refuse(path, content):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(lighting, "_write_new_file", refuse)
+    monkeypatch.setattr(lighting, "write_atomic", refuse)
     with pytest.warns(UserWarning, match="could not cache the RGB PCA"):
         pca = cached_rgb_pca(_correlated_images(), tmp_path)
     assert pca == rgb_pca(_correlated_images())

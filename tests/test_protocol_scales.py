@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import v2
 
 from convrepro.data import ImageFolderDataModule
-from convrepro.protocol import TrainingScale
+from convrepro.data.augment import TrainingScale
 
 from datasets import make_image_folder
 

@@ -11,15 +11,15 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from test_host_sync import LOG_EVERY, HostReadsPerStep
 
-from convrepro import checkpointing
-from convrepro.checkpointing import AtomicCheckpointIO
-from convrepro.classifier import ImageClassifier
 from convrepro.cli import main
 from convrepro.data import CIFAR10DataModule
-from convrepro.divergence import DivergenceGuard
-from convrepro.preemption import PreemptionCheckpoint
-from convrepro.resume import ExactResume
-from convrepro.runs import resume_checkpoint
+from convrepro.reliability import checkpoint_io as checkpointing
+from convrepro.reliability.checkpoint_io import AtomicCheckpointIO
+from convrepro.reliability.divergence import DivergenceGuard
+from convrepro.reliability.preemption import PreemptionCheckpoint
+from convrepro.reliability.resume import ExactResume
+from convrepro.runs import RunFolder
+from convrepro.training.classifier import ImageClassifier
 
 from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
@@ -55,16 +55,16 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
 
 def test_resume_picks_the_newer_of_last_and_interrupted(tmp_path):
     folder = tmp_path / "checkpoints"
-    assert resume_checkpoint(tmp_path) is None
+    assert RunFolder(tmp_path).resume_checkpoint() is None
     folder.mkdir()
     last, interrupted = folder / "last.ckpt", folder / "interrupted.ckpt"
     last.write_bytes(b"")
-    assert resume_checkpoint(tmp_path) == last
+    assert RunFolder(tmp_path).resume_checkpoint() == last
     interrupted.write_bytes(b"")
     os.utime(last, (1_000, 1_000))
-    assert resume_checkpoint(tmp_path) == interrupted
+    assert RunFolder(tmp_path).resume_checkpoint() == interrupted
     os.utime(interrupted, (500, 500))
-    assert resume_checkpoint(tmp_path) == last
+    assert RunFolder(tmp_path).resume_checkpoint() == last
 
 
 class PoisonWeightsAtStep(Callback):

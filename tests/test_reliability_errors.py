@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from convrepro.classifier import ImageClassifier
 from convrepro.cli import main
 from convrepro.errors import MissingFileError
+from convrepro.training.classifier import ImageClassifier
 
 from datasets import make_cifar10, make_image_folder, skip_md5_checks
 

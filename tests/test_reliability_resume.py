@@ -19,9 +19,9 @@ import torch
 from lightning.pytorch import Callback
 from torch import nn
 
-from convrepro.checkpointing import AtomicCheckpointIO
 from convrepro.cli import ConvReproCLI, main
-from convrepro.runs import resume_checkpoint
+from convrepro.reliability.checkpoint_io import AtomicCheckpointIO
+from convrepro.runs import RunFolder
 
 from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
@@ -164,7 +164,7 @@ def test_stop_signal_saves_a_checkpoint_that_resumes_exactly(
     checkpoint = run_dir / "checkpoints" / "interrupted.ckpt"
     message = f"stopped at step {stopped_at} and saved {checkpoint.relative_to(in_workdir)}"
     assert message in caplog.text
-    assert resume_checkpoint(run_dir) == checkpoint  # newer than the periodic last.ckpt
+    assert RunFolder(run_dir).resume_checkpoint() == checkpoint  # newer than the periodic last.ckpt
     assert torch.load(checkpoint, weights_only=True)["global_step"] == stopped_at
 
     resumed = fit(name, "--ckpt_path=last")
@@ -221,7 +221,7 @@ def test_kill_9_loses_at_most_the_periodic_checkpoint_interval(in_workdir, unint
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = in_workdir / "runs" / "vgg11_cifar" / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert resume_checkpoint(run_dir) == last
+    assert RunFolder(run_dir).resume_checkpoint() == last
     assert torch.load(last, weights_only=True)["global_step"] == 16  # every 4 steps
 
     resumed = ConvReproCLI(args=["fit", *ARGS, "--run.id=killed", "--ckpt_path=last"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from convrepro.tracking import wandb_offline_reason
+from convrepro.runs.tracking import wandb_offline_reason
 
 
 @pytest.fixture

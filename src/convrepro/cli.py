@@ -26,30 +26,25 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from convrepro.callbacks import PredictionWriter, RunSummary, read_summary
-from convrepro.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint
-from convrepro.classifier import ImageClassifier
 from convrepro.data import BaseImageDataModule
-from convrepro.divergence import DivergenceGuard
 from convrepro.errors import DEBUG_ENV, ConfigError, MissingFileError, UserError
 from convrepro.models.weights import describe_mismatch, load_state_dict_file
-from convrepro.preemption import PreemptionCheckpoint
-from convrepro.resume import ExactResume
-from convrepro.runs import (
-    CHECKPOINT_DIR,
-    INTERRUPT_CHECKPOINT,
-    DiscardUnstartedRun,
-    RunOptions,
-    latest_resumable_run,
-    resume_checkpoint,
-    run_dir_of_checkpoint,
-    shared_run_id,
+from convrepro.reliability import (
+    AtomicCheckpointIO,
+    DivergenceGuard,
+    ExactResume,
+    PeriodicCheckpoint,
+    PreemptionCheckpoint,
 )
-from convrepro.tracking import RunConfigSaver, wandb_offline_reason
+from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, shared_run_id
+from convrepro.runs.records import PredictionWriter, RunSummary
+from convrepro.runs.tracking import RunConfigSaver, wandb_offline_reason
+from convrepro.training import ImageClassifier, metrics
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 DEFAULT_LOGGER = {"class_path": WANDB_LOGGER, "init_args": {"project": "convrepro"}}
@@ -125,58 +120,63 @@ class ConvReproCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         name = config.run.name or _config_stem(config)
-        run_dir = self._resolve_run_dir(config, name)
-        config.run.name, config.run.id = name, run_dir.name
+        run = self._resolve_run(config, name)
+        config.run.name, config.run.id = name, run.id
         trainer = config.trainer
-        trainer.default_root_dir = str(run_dir)
+        trainer.default_root_dir = str(run.path)
         if trainer.precision is None:
             trainer.precision = default_precision()
         trainer.plugins = _with_atomic_checkpoint_io(trainer.plugins)
         if config.get("weights_only") is None:
             config.weights_only = True  # our checkpoints hold only tensors and plain values
-        loggers = _configure_loggers(trainer, run_dir, config.run)
-        callbacks = [DiscardUnstartedRun(run_dir), RunSummary(run_dir)]
+        loggers = _configure_loggers(trainer, run.path, config.run)
+        callbacks = [DiscardUnstartedRun(run.path), RunSummary(run)]
         if self.subcommand == "fit":
-            callbacks += _training_safety_callbacks(trainer, run_dir, config.run)
-        if loggers and not _has_callback(trainer, "LearningRateMonitor"):
+            callbacks += _training_safety_callbacks(trainer, run, config.run)
+        if loggers and not _has_callback(trainer, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if self.subcommand == "predict":
-            callbacks.append(PredictionWriter(run_dir))
+            callbacks.append(PredictionWriter(run))
         self.trainer_defaults["callbacks"] = callbacks
-        filename = "config.yaml" if self.subcommand == "fit" else f"config.{self.subcommand}.yaml"
-        self.save_config_kwargs = {"run_dir": str(run_dir), "filename": filename}
+        self.save_config_kwargs = {
+            "run_dir": str(run.path),
+            "filename": run.config(self.subcommand).name,
+        }
 
-    def _resolve_run_dir(self, config: Namespace, name: str) -> Path:
+    def _resolve_run(self, config: Namespace, name: str) -> RunFolder:
         root = Path(config.run.root)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path in ("last", "best"):
-            run_dir = (
-                root / name / config.run.id if config.run.id else latest_resumable_run(root, name)
+            run = (
+                RunFolder.at(root, name, config.run.id)
+                if config.run.id
+                else RunFolder.latest_resumable(root, name)
             )
-            if run_dir is None or resume_checkpoint(run_dir) is None:
+            if run is None or run.resume_checkpoint() is None:
+                where = run.checkpoints if run else root / name / "*" / RunFolder.CHECKPOINT_DIR
                 raise MissingFileError(
                     f"--ckpt_path {ckpt_path}: no checkpoint of experiment '{name}' under "
-                    f"{run_dir or root / name / '*'}/{CHECKPOINT_DIR}/. Start a new run "
-                    "without --ckpt_path, or pass --ckpt_path path/to/file.ckpt."
+                    f"{where}/. Start a new run without --ckpt_path, or pass --ckpt_path "
+                    "path/to/file.ckpt."
                 )
-            config.ckpt_path = str(self._checkpoint_in(run_dir, ckpt_path))
-            config.run.id = run_dir.name
+            config.ckpt_path = str(self._checkpoint_in(run, ckpt_path))
+            config.run.id = run.id
             rank_zero_info(f"Using checkpoint {config.ckpt_path}")
         elif ckpt_path and not config.run.id:
             if not Path(ckpt_path).is_file():
                 raise MissingFileError(f"--ckpt_path {ckpt_path}: no such file")
-            owner = run_dir_of_checkpoint(ckpt_path)
-            if owner is not None and owner.parent.name == name:
-                config.run.id = owner.name  # results of a saved run go next to it
-        return root / name / shared_run_id(config.run.id)
+            owner = RunFolder.containing(ckpt_path)
+            if owner is not None and owner.name == name:
+                config.run.id = owner.id  # results of a saved run go next to it
+        return RunFolder.at(root, name, shared_run_id(config.run.id))
 
     @staticmethod
-    def _checkpoint_in(run_dir: Path, which: str) -> Path:
+    def _checkpoint_in(run: RunFolder, which: str) -> Path:
         if which == "best":
-            best = read_summary(run_dir).get("best_checkpoint")
+            best = run.read_summary().best_checkpoint
             if best and Path(best).is_file():
                 return Path(best)
-        checkpoint = resume_checkpoint(run_dir)
+        checkpoint = run.resume_checkpoint()
         assert checkpoint is not None  # checked by the caller
         return checkpoint
 
@@ -196,62 +196,62 @@ def _config_stem(config: Namespace) -> str:
     return Path(str(paths[0])).stem if paths else "default"
 
 
-def _class_name(entry: Any) -> str:
-    class_path = entry.get("class_path", "") if isinstance(entry, (dict, Namespace)) else ""
-    return str(class_path).rsplit(".", 1)[-1] or type(entry).__name__
+def _class_of(entry: Any) -> type | None:
+    """The class a ``trainer.callbacks``/``trainer.plugins`` entry builds: an instance's type, or
+    the class a ``class_path`` names; ``None`` for anything else (a precision name, say)."""
+    if not isinstance(entry, (dict, Namespace)):
+        return type(entry) if not isinstance(entry, str) else None
+    class_path = entry.get("class_path")
+    if not class_path:
+        return None
+    module, _, name = str(class_path).rpartition(".")
+    found = getattr(importlib.import_module(module), name, None)
+    return found if isinstance(found, type) else None
 
 
-def _has_callback(trainer: Namespace, name: str) -> bool:
-    callbacks = trainer.get("callbacks") or []
-    return any(_class_name(c) == name for c in callbacks)
+def _is_a(entry: Any, kind: type) -> bool:
+    found = _class_of(entry)
+    return found is not None and issubclass(found, kind)
 
 
-def _training_safety_callbacks(trainer: Namespace, run_dir: Path, run: Namespace) -> list[Any]:
+def _has_callback(trainer: Namespace, kind: type) -> bool:
+    return any(_is_a(entry, kind) for entry in trainer.get("callbacks") or [])
+
+
+def _training_safety_callbacks(trainer: Namespace, run: RunFolder, options: Namespace) -> list[Any]:
     """Checkpoints (best, end-of-epoch, periodic, on a stop signal), exact resume, NaN guard."""
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
     callbacks: list[Any] = [
         ExactResume(),
         DivergenceGuard(),
-        PreemptionCheckpoint(checkpoint_dir / INTERRUPT_CHECKPOINT),
+        PreemptionCheckpoint(run.interrupt_checkpoint),
     ]
-    if not _has_callback(trainer, "ModelCheckpoint"):
+    if not _has_callback(trainer, ModelCheckpoint):
         callbacks.append(
             ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="best",
-                monitor="val/acc",
+                dirpath=run.checkpoints,
+                filename=Path(RunFolder.BEST_CHECKPOINT).stem,
+                monitor=metrics.VAL_ACC,
                 mode="max",
                 save_last=True,
                 enable_version_counter=False,  # last.ckpt is shared with PeriodicCheckpoint
             )
         )
-    if run.checkpoint_every_n_steps is not None:
-        if run.checkpoint_every_n_steps < 1:
+    if options.checkpoint_every_n_steps is not None:
+        if options.checkpoint_every_n_steps < 1:
             raise ConfigError(
                 f"run.checkpoint_every_n_steps must be a positive number of steps or null, "
-                f"got {run.checkpoint_every_n_steps}"
+                f"got {options.checkpoint_every_n_steps}"
             )
-        callbacks.append(PeriodicCheckpoint(checkpoint_dir, run.checkpoint_every_n_steps))
+        callbacks.append(PeriodicCheckpoint(run.checkpoints, options.checkpoint_every_n_steps))
     return callbacks
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     """``trainer.plugins`` plus :class:`AtomicCheckpointIO`, unless one writes checkpoints."""
     plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
-    if not any(_is_checkpoint_io(plugin) for plugin in plugins):
+    if not any(_is_a(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(Namespace(class_path=f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"))
     return plugins
-
-
-def _is_checkpoint_io(plugin: Any) -> bool:
-    if isinstance(plugin, CheckpointIO):
-        return True
-    class_path = plugin.get("class_path") if isinstance(plugin, (dict, Namespace)) else None
-    if not class_path:
-        return False  # a precision name such as "bf16-mixed"
-    module, _, name = str(class_path).rpartition(".")
-    plugin_class = getattr(importlib.import_module(module), name)
-    return isinstance(plugin_class, type) and issubclass(plugin_class, CheckpointIO)
 
 
 def _check_checkpoint_fits(model: ImageClassifier, ckpt_path: str) -> None:
@@ -276,7 +276,7 @@ def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> lis
     for entry in entries:
         init_args = entry.init_args
         init_args.save_dir = str(run_dir)
-        if _class_name(entry) == "WandbLogger":
+        if _is_a(entry, WandbLogger):
             init_args.id = re.sub(r"[^\w-]", "-", f"{run.name}-{run.id}")
             init_args.name = init_args.get("name") or f"{run.name}/{run.id}"
             init_args.resume = "allow"

@@ -31,6 +31,10 @@ class DownloadError(UserError, RuntimeError):
     """A download that cannot happen from this machine (no network, blocked host)."""
 
 
+class AblationError(ConfigError):
+    """An ablation file or folder that cannot be used; the message says what to change."""
+
+
 class TrainingDiverged(UserError, ArithmeticError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 

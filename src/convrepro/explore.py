@@ -297,7 +297,7 @@ def write_made_up_ablation(
     ``N(0, run_noise)``; validation accuracy rises to the test level like ``1 - exp(-epoch/3)``.
     """
     from convrepro.ablate.spec import SPEC_FILE, AblationSpec
-    from convrepro.callbacks import HISTORY_FILE, SUMMARY_FILE
+    from convrepro.runs.records import HISTORY_FILE, REPORT_FILE
 
     effects = dict(effects or {"A": 0.0, "A-LRN": -0.003})
     out = Path(out)
@@ -334,7 +334,7 @@ def write_made_up_ablation(
             "test/acc": test_acc,
             "test/acc_top5": min(1.0, test_acc + 0.1),
         }
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        (run_dir / REPORT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     (out / SPEC_FILE).write_text(spec.to_yaml())
     return spec
 
@@ -357,7 +357,7 @@ def download_wandb_group(
     ``wandb.Api()`` (needs network access and a W&B login).
     """
     from convrepro.ablate.spec import SPEC_FILE, AblationSpec, Run, runs_root
-    from convrepro.callbacks import HISTORY_FILE, SUMMARY_FILE
+    from convrepro.runs.records import HISTORY_FILE, REPORT_FILE
 
     if api is None:
         import wandb
@@ -391,7 +391,7 @@ def download_wandb_group(
             if summary.get(key) is not None:
                 values[key] = summary.get(key)
         values["wandb_url"] = getattr(wandb_run, "url", "")
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(values, indent=2) + "\n")
+        (run_dir / REPORT_FILE).write_text(json.dumps(values, indent=2) + "\n")
     if not arms:
         raise ValueError(f"no runs with arm and seed-<N> tags in W&B group {group!r} of {project}")
     if baseline is not None and baseline not in arms:

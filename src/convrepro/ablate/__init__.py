@@ -6,7 +6,8 @@ and writes ``results.csv``, ``summary.md`` and plots; see :mod:`convrepro.ablate
 
 from convrepro.ablate.report import PUBLISHED, render_paper_comparison, write_report
 from convrepro.ablate.runner import Failure, Status, run_grid, status_of
-from convrepro.ablate.spec import AblationError, AblationSpec, Run, load_spec
+from convrepro.ablate.spec import AblationSpec, Run, load_spec
+from convrepro.errors import AblationError
 
 __all__ = [
     "PUBLISHED",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from convrepro.ablate.report import RESULTS_FILE, render_paper_comparison, write_report
 from convrepro.ablate.runner import run_grid
-from convrepro.ablate.spec import SPEC_FILE, AblationError, default_out, load_spec
+from convrepro.ablate.spec import SPEC_FILE, default_out, load_spec
+from convrepro.errors import AblationError, UserError
 
 PROG = "python -m convrepro.ablate"
 
@@ -30,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = commands.get(argv[0]) if argv else None
     try:
         return command(argv[1:]) if command else _run(argv)
-    except AblationError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
 
 
 def _run(argv: list[str]) -> int:

@@ -20,17 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from convrepro.ablate import stats
-from convrepro.ablate.spec import (
-    SPEC_FILE,
-    AblationError,
-    AblationSpec,
-    format_cli_value,
-    load_spec,
-)
-from convrepro.callbacks import HISTORY_FILE, read_summary
+from convrepro.ablate.spec import SPEC_FILE, AblationSpec, format_cli_value, load_spec
+from convrepro.errors import AblationError
+from convrepro.runs.folder import RunFolder
+from convrepro.training import metrics
 
 RESULTS_FILE = "results.csv"
-SUMMARY_FILE = "summary.md"
+REPORT_FILE = "summary.md"
 CURVES_PLOT = "val_acc_curves.png"
 TEST_PLOT = "test_acc.png"
 
@@ -56,23 +52,27 @@ def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], lis
     """The finished runs of ``spec`` under ``out``, and the ids of those without a test result."""
     results, missing = [], []
     for run in spec.runs():
-        summary = read_summary(spec.run_dir(out, run))
-        if "test/acc" not in summary:
+        summary = spec.run_folder(out, run).read_summary()
+        if summary.test_acc is None:
             missing.append(run.id)
             continue
         results.append(
             RunResult(
                 arm=run.arm,
                 seed=run.seed,
-                best_val_acc=float(summary.get("best_val_acc", math.nan)),
-                test_acc=float(summary["test/acc"]),
-                test_acc_top5=float(summary.get("test/acc_top5", math.nan)),
-                epochs=int(summary.get("epochs", 0)),
-                wall_time_s=round(float(summary.get("fit_seconds", math.nan)), 1),
-                checkpoint=str(summary.get("best_checkpoint", "")),
+                best_val_acc=_or_nan(summary.best_val_acc),
+                test_acc=summary.test_acc,
+                test_acc_top5=_or_nan(summary.test_acc_top5),
+                epochs=summary.epochs or 0,
+                wall_time_s=round(_or_nan(summary.fit_seconds), 1),
+                checkpoint=summary.best_checkpoint or "",
             )
         )
     return results, missing
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def write_results_csv(results: Iterable[RunResult], path: Path) -> None:
@@ -112,10 +112,10 @@ def write_report(spec: AblationSpec, out: Path) -> list[Path]:
     """Write ``results.csv``, ``summary.md`` and both plots into ``out``; returns their paths."""
     results, missing = collect_results(spec, out)
     write_results_csv(results, out / RESULTS_FILE)
-    (out / SUMMARY_FILE).write_text(render_summary(spec, results, missing))
+    (out / REPORT_FILE).write_text(render_summary(spec, results, missing))
     plot_val_curves(spec, out, out / CURVES_PLOT)
     plot_test_accuracy(spec, results, out / TEST_PLOT)
-    return [out / name for name in (RESULTS_FILE, SUMMARY_FILE, CURVES_PLOT, TEST_PLOT)]
+    return [out / name for name in (RESULTS_FILE, REPORT_FILE, CURVES_PLOT, TEST_PLOT)]
 
 
 # -- summary.md ------------------------------------------------------------------------------
@@ -251,17 +251,13 @@ def _p(p: float) -> str:
 # -- plots -----------------------------------------------------------------------------------
 
 
-def read_val_history(run_dir: Path) -> dict[int, float]:
+def read_val_history(run: RunFolder) -> dict[int, float]:
     """``{epoch: val/acc}`` of a run; for an epoch logged twice (a resume redid it), the last."""
-    path = run_dir / HISTORY_FILE
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as handle:
-        return {
-            int(row["epoch"]): float(row["val/acc"])
-            for row in csv.DictReader(handle)
-            if row.get("val/acc") not in (None, "")
-        }
+    return {
+        int(row["epoch"]): float(row[metrics.VAL_ACC])
+        for row in run.read_history()
+        if row.get(metrics.VAL_ACC) not in (None, "")
+    }
 
 
 def plot_val_curves(spec: AblationSpec, out: Path, path: Path) -> None:
@@ -270,7 +266,7 @@ def plot_val_curves(spec: AblationSpec, out: Path, path: Path) -> None:
     axes = figure.subplots()
     curves: dict[str, list[dict[int, float]]] = defaultdict(list)
     for run in spec.runs():
-        history = read_val_history(spec.run_dir(out, run))
+        history = read_val_history(spec.run_folder(out, run))
         if history:
             curves[run.arm].append(history)
     for arm, histories in curves.items():

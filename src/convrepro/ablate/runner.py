@@ -26,14 +26,14 @@ from typing import Any
 import torch
 import yaml
 
-from convrepro.ablate.spec import SPEC_FILE, AblationError, AblationSpec, Run, runs_root
-from convrepro.callbacks import read_summary
-from convrepro.runs import CHECKPOINT_DIR, LAST_CHECKPOINT
+from convrepro.ablate.spec import SPEC_FILE, AblationSpec, Run, runs_root
+from convrepro.errors import AblationError
+from convrepro.runs.folder import RunFolder
 
 #: The project's CLI (``main.py``), started once per fit and per test.
 CLI_COMMAND = (sys.executable, "-m", "convrepro")
-LOG_FILE = "log.txt"
-#: What a run was started with; a later invocation with other settings must not mix into it.
+#: What a run was started with (in its run folder); a later invocation with other settings must
+#: not mix into it.
 SETTINGS_FILE = "ablation_run.json"
 
 
@@ -59,14 +59,14 @@ class Failure:
         return f"{self.run_id}: {self.step} exited with {self.returncode}; see {self.log}"
 
 
-def status_of(run_dir: Path) -> Status:
-    """What is left to do for the run in ``run_dir``."""
-    summary = read_summary(run_dir)
-    if "test/acc" in summary:
+def status_of(run: RunFolder) -> Status:
+    """What is left to do for ``run``."""
+    summary = run.read_summary()
+    if summary.tested:
         return Status.DONE
-    if "best_checkpoint" in summary:  # written when fit ends
+    if summary.fit_finished:
         return Status.UNTESTED
-    if (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+    if run.last_checkpoint.is_file():
         return Status.PARTIAL
     return Status.NEW
 
@@ -125,7 +125,7 @@ def run_grid(
     """
     runs = spec.runs()
     _check_settings_unchanged(spec, out, runs)
-    statuses = {run.id: status_of(spec.run_dir(out, run)) for run in runs}
+    statuses = {run.id: status_of(spec.run_folder(out, run)) for run in runs}
     todo = [run for run in runs if statuses[run.id] is not Status.DONE]
     if devices is None:
         visible = visible_devices()
@@ -167,9 +167,9 @@ def run_grid(
 def _finish_run(
     spec: AblationSpec, out: Path, run: Run, status: Status, device: str | None
 ) -> Failure | None:
-    run_dir = spec.run_dir(out, run)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings = run_dir / SETTINGS_FILE
+    folder = spec.run_folder(out, run)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    settings = folder.path / SETTINGS_FILE
     if not settings.exists():
         settings.write_text(json.dumps(_settings(spec, run), indent=2) + "\n")
     env = dict(os.environ)
@@ -182,9 +182,9 @@ def _finish_run(
         )
         print(f"{run.id}: {step}{resuming}{where}", flush=True)
         started = time.monotonic()
-        returncode = _execute(command, run_dir / LOG_FILE, env, device)
+        returncode = _execute(command, folder.log, env, device)
         if returncode != 0:
-            failure = Failure(run.id, step, returncode, run_dir / LOG_FILE)
+            failure = Failure(run.id, step, returncode, folder.log)
             print(f"FAILED {failure}", flush=True)
             return failure
         print(f"{run.id}: {step} done in {time.monotonic() - started:.0f} s", flush=True)
@@ -207,7 +207,7 @@ def _settings(spec: AblationSpec, run: Run) -> dict[str, Any]:
 def _check_settings_unchanged(spec: AblationSpec, out: Path, runs: Sequence[Run]) -> None:
     changed = []
     for run in runs:
-        settings = spec.run_dir(out, run) / SETTINGS_FILE
+        settings = spec.run_folder(out, run).path / SETTINGS_FILE
         if settings.is_file() and json.loads(settings.read_text()) != _settings(spec, run):
             changed.append(str(settings.parent))
     if changed:

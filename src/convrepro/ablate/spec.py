@@ -33,16 +33,15 @@ from typing import Any
 
 import yaml
 
+from convrepro.errors import AblationError
+from convrepro.runs.folder import RunFolder
+
 ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms")
 #: Options the runner sets for every run; an ablation file must not set them itself.
 RUNNER_KEYS = ("seed_everything", "ckpt_path", "run", "config")
 DATA_SEED_KEY = "data.init_args.seed"
 SPEC_FILE = "ablation.yaml"
 _NAME = re.compile(r"[\w.-]+")
-
-
-class AblationError(ValueError):
-    """An ablation file or folder that cannot be used; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +83,9 @@ class AblationSpec:
             for seed in self.seeds
         ]
 
-    def run_dir(self, out: Path, run: Run) -> Path:
+    def run_folder(self, out: Path, run: Run) -> RunFolder:
         """Where the CLI keeps ``run``: ``<out>/runs/<name>/<arm>-seed<N>``."""
-        return runs_root(out) / self.name / run.id
+        return RunFolder.at(runs_root(out), self.name, run.id)
 
     def to_yaml(self) -> str:
         """The spec as a self-contained ablation file (absolute base path)."""

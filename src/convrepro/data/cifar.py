@@ -10,10 +10,10 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
+from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca
 from convrepro.data.base import ArchiveDataModule
 from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip, image_pipeline
 from convrepro.errors import ConfigError
-from convrepro.protocol.lighting import RGBPCA, PCALighting, cached_rgb_pca
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -45,7 +45,7 @@ class CIFAR10DataModule(ArchiveDataModule):
             the 32 px content is upsampled, not any more detailed, so results are not
             comparable with native-resolution CIFAR networks. ``None`` keeps 32 x 32.
         pca_lighting: Standard deviation of AlexNet's PCA colour augmentation
-            (:class:`~convrepro.protocol.PCALighting`; the paper's 0.1), fitted to the pixels
+            (:class:`~convrepro.data.augment.PCALighting`; the paper's 0.1), fitted to the pixels
             of the training split (held-out validation images excluded) and cached in
             ``data_dir``. ``0`` switches it off.
         **kwargs: Everything else of :class:`~convrepro.data.base.ArchiveDataModule` and

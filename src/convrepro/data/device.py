@@ -19,6 +19,7 @@ in (so on batch size and device count).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -26,10 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 
-from convrepro.data import batch_augment as batched
-from convrepro.data.batch_augment import MAX_UINT8, BatchStep
+from convrepro.data.augment import batch as batched
+from convrepro.data.augment.batch import MAX_UINT8, BatchStep
+from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.sampling import AUGMENT_STREAM, derive_seed
-from convrepro.protocol.lighting import PCALighting
 
 
 class DevicePipeline:
@@ -126,7 +127,7 @@ def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
                 transform.brightness, transform.contrast, transform.saturation
             )
         case PCALighting():
-            return batched.PCALighting(transform.axes.to(device), transform.std)
+            return copy.deepcopy(transform).to(device)  # a BatchStep of its own
     raise ValueError(
         f"data.device_resident cannot run {transform} on the device (supported: RandomCrop with "
         "constant padding, RandomHorizontalFlip, bilinear Resize and RandomResizedCrop, "

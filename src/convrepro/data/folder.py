@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from convrepro.data.augment.scales import TrainingScale
 from convrepro.data.base import BaseImageDataModule, SourceName, SplitView
 from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip, image_pipeline
 from convrepro.errors import ConfigError, MissingFileError
-from convrepro.protocol.scales import TrainingScale
 
 # Eval resizes to image_size / 0.875 before the center crop: torchvision's 256 -> 224.
 CENTER_CROP_FRACTION = 0.875

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from convrepro.data.contract import datamodule_of, resumable_sampler
 from convrepro.data.sampling import TRAIN_STEP_STREAM, derive_seed
 
 
@@ -43,7 +44,7 @@ class ExactResume(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._trainer = trainer  # state_dict() is called without it
-        if _train_sampler(trainer) is not None:
+        if resumable_sampler(trainer) is not None:
             # Lightning cannot see that the sampler resumes mid-epoch (it is not the loader).
             warnings.filterwarnings(
                 "ignore", message="You're resuming from a checkpoint that ended before the epoch"
@@ -98,7 +99,7 @@ class ExactResume(Callback):
                 if key in trainer.callback_metrics
             }
         }
-        if _train_sampler(trainer) is not None:
+        if resumable_sampler(trainer) is not None:
             state["train_sampler"] = _sampler_position(trainer)
         return state
 
@@ -106,14 +107,9 @@ class ExactResume(Callback):
         self._restored_metrics = state_dict.get("plateau_metrics", {})
         # Lightning restores callbacks after datamodule.setup() and before the first loader
         # iterator exists (worker processes read the sampler when the iterator is created).
-        sampler = _train_sampler(self._trainer) if self._trainer is not None else None
+        sampler = resumable_sampler(self._trainer)
         if sampler is not None and "train_sampler" in state_dict:
             sampler.load_state_dict(state_dict["train_sampler"])
-
-
-def _train_sampler(trainer: Trainer) -> Any:
-    sampler = getattr(trainer.datamodule, "train_sampler", None)
-    return sampler if callable(getattr(sampler, "load_state_dict", None)) else None
 
 
 def _sampler_position(trainer: Trainer) -> dict[str, int]:
@@ -121,13 +117,15 @@ def _sampler_position(trainer: Trainer) -> dict[str, int]:
 
     ``start_index`` counts samples over all ranks: batches done in the epoch x global batch size.
     """
+    datamodule = datamodule_of(trainer)
+    assert datamodule is not None  # only called when the datamodule has a resumable sampler
     epochs = trainer.fit_loop.epoch_progress.current
     batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     epoch_running = epochs.started > epochs.processed  # index of the running epoch: processed
     if epoch_running and batches_done < trainer.num_training_batches:
         return {
             "epoch": epochs.processed,
-            "start_index": batches_done * trainer.datamodule.batch_size,
+            "start_index": batches_done * datamodule.batch_size,
         }
     # Between epochs, or all batches of the running epoch done: the next epoch starts afresh.
     return {"epoch": epochs.processed + int(epoch_running), "start_index": 0}

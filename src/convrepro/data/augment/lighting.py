@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from convrepro.runs.files import write_atomic
 
 # Pixels per chunk of the covariance pass: bounds the float64 copy to ~25 MB.
 PIXELS_PER_CHUNK = 1 << 20
@@ -84,19 +84,10 @@ def cached_rgb_pca(images: np.ndarray, cache_dir: str | Path) -> RGBPCA:
         )
     pca = rgb_pca(images)
     try:
-        _write_new_file(path, json.dumps(asdict(pca), indent=2) + "\n")
+        write_atomic(path, json.dumps(asdict(pca), indent=2) + "\n")
     except OSError as error:
         warnings.warn(f"could not cache the RGB PCA in {path} ({error})", stacklevel=2)
     return pca
-
-
-def _write_new_file(path: Path, text: str) -> None:
-    # A private temporary name per writer: several processes (DDP ranks) may write at once.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
 
 
 class PCALighting(nn.Module):
@@ -107,8 +98,9 @@ class PCALighting(nn.Module):
         std: Standard deviation of the ``alpha_i`` (the paper's 0.1); 0 switches it off.
 
     Works on float RGB images in [0, 1], before normalisation: one image (3, H, W) or a batch
-    (..., 3, H, W) on any device, one draw per image from torch's RNG of that device. Pixels
-    are not clipped, as in the paper.
+    (..., 3, H, W) on any device, one draw per image. Pixels are not clipped, as in the paper.
+    The PIL path applies it per image; the device path per batch, as a
+    :class:`~convrepro.data.augment.batch.BatchStep`.
     """
 
     def __init__(self, pca: RGBPCA, std: float = 0.1) -> None:
@@ -121,13 +113,15 @@ class PCALighting(nn.Module):
         axes = torch.tensor(pca.eigenvectors) * torch.tensor(pca.eigenvalues).sqrt()[:, None]
         self.register_buffer("axes", axes.float(), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Shift ``images``; draws from ``generator`` if given (the device path's per-batch
+        generator), else from torch's RNG of the images' device."""
         if images.ndim < 3 or images.shape[-3] != 3:
             raise ValueError(
                 f"PCALighting needs RGB images shaped (..., 3, H, W), got {tuple(images.shape)}"
             )
-        alphas = torch.randn(*images.shape[:-3], 3, device=images.device) * self.std
-        shift = alphas @ self.axes.to(images.device)
+        alphas = torch.randn(*images.shape[:-3], 3, generator=generator, device=images.device)
+        shift = (alphas * self.std) @ self.axes.to(images.device)
         return images + shift.to(images.dtype)[..., None, None]
 
     def extra_repr(self) -> str:

@@ -15,8 +15,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from convrepro.errors import ConfigError
-from convrepro.protocol import EvaluationProtocol
-from convrepro.schedules import WarmupCosineLR
+from convrepro.training import metrics
+from convrepro.training.evaluation import EvaluationProtocol
+from convrepro.training.schedules import WarmupCosineLR
 
 #: The papers' optimiser (VGG sec. 3.1, AlexNet sec. 5): SGD, momentum 0.9, weight decay 5e-4.
 PAPER_LR = 1e-2
@@ -53,7 +54,8 @@ class ImageClassifier(LightningModule):
         compile: ``torch.compile`` the backbone in place; state-dict keys stay unprefixed so
             checkpoints load whether or not it was on.
         test_protocol: How ``test`` and ``predict`` score the test images, e.g. the VGG paper's
-            dense or multi-crop evaluation or AlexNet's ten crops (:mod:`convrepro.protocol`).
+            dense or multi-crop evaluation or AlexNet's ten crops
+            (:mod:`convrepro.training.evaluation`).
             ``None`` = one forward pass of what the datamodule gives (its center crops).
             ``test`` always logs ``test/error`` and ``test/error_top5`` too, as the papers'
             tables do.
@@ -174,11 +176,11 @@ class ImageClassifier(LightningModule):
         loss, logits, targets = self._shared_step(batch)
         # The per-step loss is only read when the logger writes (every log_every_n_steps); the
         # epoch values are torchmetrics states, so no step forces a host sync.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log(metrics.TRAIN_LOSS_STEP, loss, on_step=True, on_epoch=False)
         self.train_loss(loss.detach().expand(targets.numel()))
         self.train_acc(logits.detach(), targets)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log(metrics.TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True)
+        self.log(metrics.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -186,9 +188,9 @@ class ImageClassifier(LightningModule):
         self.val_loss(loss.expand(targets.numel()))
         self.val_acc(logits, targets)
         self.val_acc_top5(logits, targets)
-        self.log("val/loss", self.val_loss, prog_bar=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
-        self.log("val/acc_top5", self.val_acc_top5)
+        self.log(metrics.VAL_LOSS, self.val_loss, prog_bar=True)
+        self.log(metrics.VAL_ACC, self.val_acc, prog_bar=True)
+        self.log(metrics.VAL_ACC_TOP5, self.val_acc_top5)
         return {"predictions": logits.argmax(dim=1)}  # for ValidationPlots
 
     def on_train_start(self) -> None:
@@ -201,7 +203,7 @@ class ImageClassifier(LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log(metrics.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, targets = batch
@@ -210,15 +212,15 @@ class ImageClassifier(LightningModule):
         self.test_loss(loss.expand(targets.numel()))
         self.test_acc(logits, targets)
         self.test_acc_top5(logits, targets)
-        self.log("test/loss", self.test_loss)
-        self.log("test/acc", self.test_acc)
-        self.log("test/acc_top5", self.test_acc_top5)
+        self.log(metrics.TEST_LOSS, self.test_loss)
+        self.log(metrics.TEST_ACC, self.test_acc)
+        self.log(metrics.TEST_ACC_TOP5, self.test_acc_top5)
 
     def on_test_epoch_end(self) -> None:
         # The papers report error rates. compute() has already gathered every process's counts;
         # sync_dist only averages identical values (and keeps Lightning from warning under DDP).
-        self.log("test/error", 1.0 - self.test_acc.compute(), sync_dist=True)
-        self.log("test/error_top5", 1.0 - self.test_acc_top5.compute(), sync_dist=True)
+        self.log(metrics.TEST_ERROR, 1.0 - self.test_acc.compute(), sync_dist=True)
+        self.log(metrics.TEST_ERROR_TOP5, 1.0 - self.test_acc_top5.compute(), sync_dist=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         probabilities = self._test_scores(batch[0]).float().softmax(dim=1)
@@ -262,7 +264,7 @@ class ImageClassifier(LightningModule):
                 raise ConfigError(
                     "ReduceLROnPlateau monitors val/acc, which should rise: set its mode: max"
                 )
-            config["monitor"] = "val/acc"
+            config["monitor"] = metrics.VAL_ACC
         if isinstance(scheduler, WarmupCosineLR):
             scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
             config["interval"] = "step"

@@ -2,7 +2,7 @@
 
 Each step takes a whole batch of images (N, C, H, W) on any device and draws one set of random
 parameters per image from the generator it is given, with the same distribution as its
-torchvision (or :mod:`convrepro.protocol`) counterpart of the same name draws per image. Steps
+torchvision (or :mod:`convrepro.data.augment`) counterpart of the same name draws per image. Steps
 before normalization work on uint8 images with torchvision's uint8 arithmetic, so the pixel
 values match too. :class:`~convrepro.data.device.DevicePipeline` chains them.
 """
@@ -245,17 +245,3 @@ def adjust_contrast(values: Tensor, factor: Tensor) -> Tensor:
 def adjust_saturation(values: Tensor, factor: Tensor) -> Tensor:
     """``F.adjust_saturation`` per image: blend with the image's gray version."""
     return _blend(values, _grayscale(values), factor)
-
-
-@dataclass(frozen=True)
-class PCALighting:
-    """:class:`~convrepro.protocol.PCALighting` with the batch's generator: one colour shift per
-    image along the RGB principal axes (float images in [0, 1], before normalization)."""
-
-    axes: Tensor  # (3, 3), on the images' device: row i is the shift of alpha_i = 1
-    std: float
-
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        alphas = torch.randn(len(images), 3, generator=generator, device=images.device)
-        shift = (alphas * self.std) @ self.axes
-        return images + shift.view(-1, 3, 1, 1)

@@ -7,7 +7,7 @@ papers do. Set one as ``model.test_protocol``; ``ImageClassifier`` then uses it 
 
     model:
       test_protocol:
-        class_path: convrepro.protocol.DenseEvaluation
+        class_path: convrepro.training.DenseEvaluation
         init_args: {scales: [256, 384, 512], flip: true}
 
 The protocols rescale on the device, so the datamodule must hand over test images at least as

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +12,16 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from convrepro.runs.files import write_atomic
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the same folder, then renames it into place.
+    """Writes every checkpoint with :func:`~convrepro.runs.files.write_atomic`.
 
-    A process killed while saving leaves the previous checkpoint intact (and a hidden
-    ``.<name>.tmp-<pid>`` file, removed by the next save of that checkpoint), never a truncated
-    one that would block the resume. Lightning's own writer opens the target file directly.
-    Remote paths (``s3://`` and the like) are left to Lightning: object stores replace whole
-    objects anyway.
+    A process killed while saving leaves the previous checkpoint intact (and a hidden temporary
+    file, removed by the next save next to it), never a truncated one that would block the
+    resume. Lightning's own writer opens the target file directly. Remote paths (``s3://`` and
+    the like) are left to Lightning: object stores replace whole objects anyway.
     """
 
     def save_checkpoint(
@@ -31,29 +30,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-        partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with partial.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        _fsync_dir(path.parent)  # make the rename itself survive a crash of the machine
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        write_atomic(path, lambda handle: torch.save(checkpoint, handle))
 
 
 class PeriodicCheckpoint(ModelCheckpoint):

@@ -23,7 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from convrepro.sync_points import at_logging_step
+from convrepro.reliability.sync_points import at_logging_step
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

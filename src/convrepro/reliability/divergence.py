@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from convrepro.errors import TrainingDiverged
-from convrepro.sync_points import at_logging_step
+from convrepro.reliability.sync_points import at_logging_step
 
 # "No bad step yet": larger than any step, so that the smallest bad step wins a min-reduction.
 _NONE = torch.iinfo(torch.int64).max

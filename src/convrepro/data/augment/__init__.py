@@ -1,0 +1,11 @@
+"""Training-time augmentations beyond crop and flip, from the papers.
+
+* :class:`TrainingScale` - VGG's training scale S, fixed or jittered (``data.train_scale``).
+* :class:`PCALighting` - AlexNet's PCA colour augmentation (``data.pca_lighting``); the device
+  path applies the same shift batch-wise (:mod:`convrepro.data.augment.batch`).
+"""
+
+from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca, rgb_pca
+from convrepro.data.augment.scales import TrainingScale
+
+__all__ = ["RGBPCA", "PCALighting", "TrainingScale", "cached_rgb_pca", "rgb_pca"]

@@ -1,0 +1,10 @@
+"""Runs on disk: the run folder and its files (:mod:`~convrepro.runs.folder`), the typed summary
+(:mod:`~convrepro.runs.summary`), the callbacks that write them (:mod:`~convrepro.runs.records`),
+W&B set-up (:mod:`~convrepro.runs.tracking`) and atomic writes (:mod:`~convrepro.runs.files`).
+"""
+
+from convrepro.runs.files import write_atomic
+from convrepro.runs.folder import RunFolder, RunOptions
+from convrepro.runs.summary import Summary
+
+__all__ = ["RunFolder", "RunOptions", "Summary", "write_atomic"]

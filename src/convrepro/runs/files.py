@@ -1,0 +1,69 @@
+"""Writing a file so that a reader, or a crash, never sees it half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+Content = str | bytes | Callable[[BinaryIO], None]
+
+
+def write_atomic(path: str | Path, content: Content) -> Path:
+    """Write ``content`` to ``path`` through a private temporary file renamed into place.
+
+    Readers see the old file or the new one, never part of one; a process killed while writing
+    leaves the old file intact. The temporary name is unique per writer, so several processes
+    (DDP ranks) may write the same path at once; data and rename are fsynced, so the file also
+    survives a crash of the machine. ``content`` is text, bytes, or a function that writes into
+    the open binary file (``lambda f: torch.save(obj, f)``). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    _remove_orphans(path.parent, prefix)
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _remove_orphans(folder: Path, prefix: str) -> None:
+    """Delete temporary files left by writers that were killed (their process is gone)."""
+    for orphan in folder.glob(f"{prefix}*"):
+        pid = orphan.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -1,0 +1,125 @@
+"""Callbacks that turn a run into the files of its :class:`~convrepro.runs.folder.RunFolder`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+from convrepro.data.contract import datamodule_of
+from convrepro.runs.files import write_atomic
+from convrepro.runs.folder import RunFolder
+from convrepro.training import metrics
+
+
+def _scalar_metrics(trainer: Trainer, prefixes: Sequence[str]) -> dict[str, float]:
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith(tuple(prefixes)) and torch.as_tensor(value).numel() == 1
+    }
+
+
+class RunSummary(Callback):
+    """Keeps the run folder's ``history.csv`` (one row per validation epoch) and ``summary.json``.
+
+    The summary holds the best validation accuracy, checkpoint paths, epochs, wall time and,
+    after ``test``, the test metrics: everything the ablation runner and a report need.
+    """
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
+        self._fit_started = 0.0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_started = time.monotonic()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        row.update(_scalar_metrics(trainer, (metrics.VAL_PREFIX, "lr")))
+        self.run.append_history(row)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = _scalar_metrics(trainer, (metrics.VAL_ACC_BEST,)).get(metrics.VAL_ACC_BEST, math.nan)
+        summary = self.run.read_summary()
+        summary.best_val_acc = best
+        summary.best_checkpoint = checkpoint.best_model_path if checkpoint else ""
+        summary.last_checkpoint = checkpoint.last_model_path if checkpoint else ""
+        summary.epochs = trainer.current_epoch
+        summary.global_step = trainer.global_step
+        # a resumed run adds its time to that of the runs before it
+        summary.fit_seconds = (summary.fit_seconds or 0.0) + time.monotonic() - self._fit_started
+        self.run.write_summary(summary)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            summary = self.run.read_summary()
+            summary.test.update(_scalar_metrics(trainer, (metrics.TEST_PREFIX,)))
+            self.run.write_summary(summary)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.csv`` (sample, predicted index and class, probability) in data order.
+
+    Under DDP each rank writes its share and rank 0 merges them, so the file lists every sample
+    exactly once.
+    """
+
+    def __init__(self, run: RunFolder) -> None:
+        super().__init__(write_interval="epoch")
+        self.run = run
+
+    def write_on_epoch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        # One predict dataloader: Lightning flattens `predictions` to batches but keeps the
+        # dataloader level in `batch_indices`.
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]
+        names = _sample_names(trainer)
+        class_names = pl_module.class_names
+        rows = []
+        for output, indices in zip(predictions, batch_indices, strict=True):
+            for sample, index, probability in zip(
+                indices, output["index"].tolist(), output["probability"].tolist(), strict=True
+            ):
+                name = names[sample] if names else str(sample)
+                rows.append((sample, name, index, class_names[index], f"{probability:.6f}"))
+        part = self.run.path / f".predictions.rank{trainer.global_rank}.json"
+        write_atomic(part, json.dumps(rows))
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            merged = []
+            for rank in range(trainer.world_size):
+                rank_part = self.run.path / f".predictions.rank{rank}.json"
+                merged.extend(json.loads(rank_part.read_text()))
+                rank_part.unlink()
+            merged.sort(key=lambda row: row[0])
+            table = io.StringIO()
+            writer = csv.writer(table, lineterminator="\n")
+            writer.writerow(("sample", "predicted_index", "predicted_class", "probability"))
+            writer.writerows(row[1:] for row in merged)
+            write_atomic(self.run.predictions, table.getvalue())
+        trainer.strategy.barrier()
+
+
+def _sample_names(trainer: Trainer) -> list[str] | None:
+    datamodule = datamodule_of(trainer)
+    return datamodule.sample_names("predict") if datamodule is not None else None
