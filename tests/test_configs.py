@@ -1,9 +1,11 @@
-"""Every config in configs/ parses, instantiates and runs one fit step on made-up data.
+"""Every config in configs/ parses, instantiates and runs one fit step on made-up data, and paired
+configs differ only where they are meant to.
 
 Parametrised over the folder, so a new config is covered without touching this file.
 """
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,8 +13,7 @@ import torchvision
 
 from convrepro.cli import ConvReproCLI
 from convrepro.models import weights as weights_module
-
-from datasets import make_cifar10, make_image_folder, make_stl10, skip_md5_checks
+from convrepro.testing import make_cifar10, make_image_folder, make_stl10, skip_md5_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "ablations" not in p.parts)
@@ -25,6 +26,37 @@ MAKERS = {
         root, classes=("a", "b", "c"), n_per_class=6, splits=("train", "test"), size=(64, 80)
     ),
 }
+
+
+# Pairs of configs and what (after the CLI's defaults are filled in) tells them apart.
+FAST_SWITCHES = {
+    "trainer.benchmark": (None, True),
+    "model.channels_last": (False, True),
+    "model.compile": (False, True),
+    "data.init_args.device_resident": (False, True),
+}
+PAIRS = {
+    ("alexnet_cifar", "alexnet_nolrn_cifar"): {"model.backbone.init_args.lrn": (True, False)},
+    ("vgg11_cifar", "vgg11_lrn_cifar"): {"model.backbone.init_args.config": ("A", "A-LRN")},
+    ("vgg16_cifar", "vgg16_cifar_fast"): FAST_SWITCHES,
+    ("vgg16_bn_cifar", "vgg16_bn_cifar_fast"): FAST_SWITCHES,
+}
+
+
+class _ParseOnly(ConvReproCLI):
+    """The CLI's parser and defaults; stops before it builds anything or makes a run folder."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _resolved(name: str) -> dict[str, Any]:
+    """Every setting of ``configs/<name>.yaml`` with the defaults it leaves out, by dotted key."""
+    config = _ParseOnly(args=[f"--config={ROOT / 'configs' / name}.yaml"], run=False).config
+    return {key: value for key, value in config.items() if key != "config"}
 
 
 def _datamodule_name(config: Path) -> str:
@@ -67,6 +99,16 @@ def test_config_runs_one_step(config, tmp_path, monkeypatch, fake_imagenet_downl
     logits = cli.model.backbone.classifier[-1].out_features
     assert logits == cli.datamodule.num_classes
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("pair", "differences"), PAIRS.items(), ids=[" vs ".join(pair) for pair in PAIRS]
+)
+def test_paired_configs_differ_only_where_they_are_meant_to(pair, differences):
+    first, second = (_resolved(name) for name in pair)
+    assert first.keys() == second.keys()
+    differing = {key: (first[key], second[key]) for key in first if first[key] != second[key]}
+    assert differing == differences
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))

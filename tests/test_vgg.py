@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from convrepro.errors import MissingFileError
 from convrepro.models import VGG
 from convrepro.models.layers import PaperLRN, ReLUWithLRN
 from convrepro.models.vgg import CONFIGS, make_layers
@@ -206,6 +207,20 @@ def test_warm_start_from_a_file_via_the_constructor(tmp_path):
     torch.save(checkpoint, tmp_path / "a.ckpt")
     model = VGG("D", head="cifar", num_classes=10, warm_start=str(tmp_path / "a.ckpt"))
     assert torch.equal(model.features[12].weight, net_a.features[8].weight)
+
+
+def test_warm_start_from_a_file_without_num_batches_tracked_keeps_the_counters():
+    net_a = VGG("A", head="cifar", num_classes=10, batch_norm=True).state_dict()
+    old_format = {k: v for k, v in net_a.items() if not k.endswith("num_batches_tracked")}
+    model = VGG("D", head="cifar", num_classes=10, batch_norm=True)
+    copied = model.warm_start_from(old_format)
+    assert not any(key.endswith("num_batches_tracked") for key in copied)
+    assert torch.equal(model.features[1].running_var, net_a["features.1.running_var"])
+
+
+def test_missing_warm_start_file_is_reported(tmp_path):
+    with pytest.raises(MissingFileError, match=f"no weights file at {tmp_path / 'a.ckpt'}"):
+        VGG("D", head="cifar", warm_start=str(tmp_path / "a.ckpt"))
 
 
 def test_warm_start_refuses_anything_but_a_matching_net_a():

@@ -1,4 +1,5 @@
-"""Reading weight files (plain, Lightning, compiled) and loading them strictly but for the head."""
+"""Reading weight files (plain, Lightning, compiled), finding the network in them, and loading them
+strictly but for the head, through the one helper both families' ``weights=`` use."""
 
 import pickle
 from collections import OrderedDict
@@ -8,7 +9,15 @@ import torch
 import torchvision
 from torch import nn
 
-from convrepro.models import VGG, AlexNet, load_backbone_weights, load_state_dict_file
+from convrepro.errors import DownloadError, MissingFileError
+from convrepro.models import (
+    VGG,
+    AlexNet,
+    load_backbone_weights,
+    load_state_dict_file,
+    load_weights,
+    network_state_dict,
+)
 
 
 def small_net(num_classes: int = 3) -> nn.Sequential:
@@ -37,6 +46,13 @@ def test_plain_state_dict(net, tmp_path):
     assert_same_tensors(load_state_dict_file(tmp_path / "w.pt"), net.state_dict())
 
 
+def lightning_checkpoint(net: nn.Module, prefix: str = "backbone.") -> dict:
+    """What a LightningModule holding ``net`` at ``prefix`` saves, metric state included."""
+    state = {f"{prefix}{k}": v for k, v in net.state_dict().items()}
+    state["train_accuracy.tp"] = torch.zeros(3)
+    return {"epoch": 3, "state_dict": state}
+
+
 def test_lightning_checkpoint_keeps_only_the_backbone(net, tmp_path):
     state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     state["train_accuracy.tp"] = torch.zeros(3)  # a metric state of the LightningModule
@@ -49,7 +65,9 @@ def test_lightning_checkpoint_keeps_only_the_backbone(net, tmp_path):
         "hyper_parameters": {"backbone": {"class_path": "convrepro.models.VGG"}},
     }
     torch.save(checkpoint, tmp_path / "last.ckpt")
-    assert_same_tensors(load_state_dict_file(tmp_path / "last.ckpt"), net.state_dict())
+    content = load_state_dict_file(tmp_path / "last.ckpt")
+    assert_same_tensors(content, state)  # the checkpoint's state dict, keys as written
+    assert_same_tensors(network_state_dict(content, net.state_dict()), net.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -57,7 +75,8 @@ def test_lightning_checkpoint_keeps_only_the_backbone(net, tmp_path):
 )
 def test_torch_compile_prefix_anywhere(net, tmp_path, prefix):
     torch.save({"state_dict": {prefix + k: v for k, v in net.state_dict().items()}}, tmp_path / "c")
-    assert_same_tensors(load_state_dict_file(tmp_path / "c"), net.state_dict())
+    content = load_state_dict_file(tmp_path / "c")
+    assert_same_tensors(network_state_dict(content, net.state_dict()), net.state_dict())
 
 
 def test_real_compiled_module_state_dict(net, tmp_path):
@@ -102,6 +121,12 @@ def test_files_that_are_not_state_dicts(tmp_path, content, message):
         load_state_dict_file(tmp_path / "x.pt")
 
 
+def test_missing_file_or_directory_is_a_missing_file_error(tmp_path):
+    for path in [tmp_path / "nowhere.pt", tmp_path]:
+        with pytest.raises(MissingFileError, match=f"no weights file at {path}"):
+            load_state_dict_file(path)
+
+
 def test_corrupt_and_truncated_files(net, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     torch.save(net.state_dict(), tmp_path / "full.pt")
@@ -109,6 +134,33 @@ def test_corrupt_and_truncated_files(net, tmp_path):
     for name in ["text.pt", "cut.pt"]:
         with pytest.raises(ValueError, match="not a PyTorch file"):
             load_state_dict_file(tmp_path / name)
+
+
+# --- network_state_dict --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["backbone.", "net.", "model.backbone."])
+def test_the_network_is_found_under_any_attribute_of_the_module_that_saved_it(net, prefix):
+    content = lightning_checkpoint(net, prefix)["state_dict"]
+    assert_same_tensors(network_state_dict(content, net.state_dict()), net.state_dict())
+
+
+def test_a_bare_networks_state_dict_is_returned_whole(net):
+    assert_same_tensors(network_state_dict(net.state_dict(), net.state_dict()), net.state_dict())
+
+
+def test_a_nested_module_ending_in_the_first_key_does_not_confuse_the_prefix():
+    nested = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3)))
+    content = {f"backbone.{k}": v for k, v in nested.state_dict().items()}
+    assert "backbone.1.0.weight" in content  # ends in the first key, "0.weight", too
+    assert_same_tensors(network_state_dict(content, nested.state_dict()), nested.state_dict())
+
+
+def test_another_architecture_or_two_copies_are_returned_whole_for_the_mismatch_report(net):
+    other = {"backbone.conv.weight": torch.zeros(1), "val_acc_best.max": torch.zeros(())}
+    assert network_state_dict(other, net.state_dict()).keys() == other.keys()
+    twice = {f"{p}{k}": v for p in ("backbone.", "ema.") for k, v in net.state_dict().items()}
+    assert network_state_dict(twice, net.state_dict()).keys() == twice.keys()
 
 
 # --- load_backbone_weights -----------------------------------------------------------------------
@@ -160,7 +212,31 @@ def test_long_key_lists_are_shortened():
         load_backbone_weights(many, {}, arch_name="many")
 
 
-# --- through the models' `weights=` ---------------------------------------------------------------
+# --- load_weights, and through the models' `weights=` ---------------------------------------------
+
+
+def test_load_weights_applies_a_checkpoint_of_any_lightning_module(net, tmp_path):
+    torch.manual_seed(1)
+    trained = small_net()
+    torch.save(lightning_checkpoint(trained, "net._orig_mod."), tmp_path / "best.ckpt")
+    assert load_weights(net, str(tmp_path / "best.ckpt"), arch_name="small") == []
+    assert_same_tensors(net.state_dict(), trained.state_dict())
+
+
+def test_load_weights_fine_tunes_and_returns_the_fresh_head(net, tmp_path):
+    torch.save(small_net(num_classes=1000).state_dict(), tmp_path / "imagenet.pt")
+    with pytest.warns(UserWarning, match="final layer re-initialised"):
+        fresh = load_weights(net, str(tmp_path / "imagenet.pt"), arch_name="small")
+    assert fresh == ["4.bias", "4.weight"]
+
+
+def test_a_damaged_cached_download_says_which_file_to_delete(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a download")
+    with pytest.raises(DownloadError, match=f"cached file {cached} is damaged.*Delete it"):
+        AlexNet("torchvision", weights="DEFAULT")
 
 
 def test_imagenet_weights_file_fine_tunes_a_two_class_model(tmp_path):

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from convrepro.data import BaseImageDataModule
 from convrepro.errors import DEBUG_ENV, ConfigError, MissingFileError, UserError
-from convrepro.models.weights import describe_mismatch, load_state_dict_file
+from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -45,9 +45,21 @@ from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, sh
 from convrepro.runs.records import PredictionWriter, RunSummary
 from convrepro.runs.tracking import RunConfigSaver, wandb_offline_reason
 from convrepro.training import ImageClassifier, metrics
+from convrepro.training.classifier import PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHT_DECAY
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 DEFAULT_LOGGER = {"class_path": WANDB_LOGGER, "init_args": {"project": "convrepro"}}
+# ImageClassifier's defaults for `optimizer`/`lr_scheduler: null` (the papers' SGD, LR x0.1 when
+# val/acc plateaus) spelt out as config entries: configs need not repeat them, one value can be
+# changed (`--model.optimizer.init_args.lr=0.1`), and config.yaml records them.
+DEFAULT_OPTIMIZER = {
+    "class_path": "torch.optim.SGD",
+    "init_args": {"lr": PAPER_LR, "momentum": PAPER_MOMENTUM, "weight_decay": PAPER_WEIGHT_DECAY},
+}
+DEFAULT_LR_SCHEDULER = {
+    "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "init_args": {"mode": "max", "factor": 0.1},
+}
 
 
 def default_precision() -> str:
@@ -111,6 +123,9 @@ class ConvReproCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
+        parser.set_defaults(
+            {"model.optimizer": DEFAULT_OPTIMIZER, "model.lr_scheduler": DEFAULT_LR_SCHEDULER}
+        )
         parser.link_arguments(
             "data.num_classes", "model.backbone.init_args.num_classes", apply_on="instantiate"
         )
@@ -256,7 +271,10 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
 
 def _check_checkpoint_fits(model: ImageClassifier, ckpt_path: str) -> None:
     """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights."""
-    problems = describe_mismatch(model.backbone.state_dict(), load_state_dict_file(ckpt_path))
+    expected = model.backbone.state_dict()
+    problems = describe_mismatch(
+        expected, network_state_dict(load_state_dict_file(ckpt_path), expected)
+    )
     if problems:
         raise ConfigError(
             f"--ckpt_path {ckpt_path} was saved from another model than the config builds "

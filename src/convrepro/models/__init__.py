@@ -3,7 +3,12 @@
 from convrepro.models.alexnet import AlexNet
 from convrepro.models.layers import PaperLRN
 from convrepro.models.vgg import VGG, DenseVGG
-from convrepro.models.weights import load_backbone_weights, load_state_dict_file
+from convrepro.models.weights import (
+    load_backbone_weights,
+    load_state_dict_file,
+    load_weights,
+    network_state_dict,
+)
 
 __all__ = [
     "VGG",
@@ -12,4 +17,6 @@ __all__ = [
     "PaperLRN",
     "load_backbone_weights",
     "load_state_dict_file",
+    "load_weights",
+    "network_state_dict",
 ]

@@ -12,7 +12,7 @@ from convrepro.models.layers import (
     check_num_classes,
     kaiming_init_,
 )
-from convrepro.models.weights import fetch_weights, load_backbone_weights
+from convrepro.models.weights import load_weights
 
 AlexNetVariant = Literal["paper", "torchvision"]
 AlexNetInit = Literal["paper", "kaiming"]
@@ -46,7 +46,8 @@ class AlexNet(nn.Module):
             hidden FC layers, 0 elsewhere. ``"kaiming"``: the same He init as VGG's (torchvision's
             AlexNet itself keeps PyTorch's default layer init). Default: ``"paper"`` for the
             paper variant, ``"kaiming"`` for torchvision.
-        weights: pretrained weights, loaded after init: a torchvision weights name
+        weights: pretrained weights, applied after init by
+            :func:`~convrepro.models.weights.load_weights`: a torchvision weights name
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``; torchvision variant only) or a state-dict or
             Lightning-checkpoint path. A final layer of another num_classes keeps its fresh
             init (fine-tuning); any other mismatch is an error.
@@ -82,13 +83,8 @@ class AlexNet(nn.Module):
             f"{num_classes} classes)"
         )
 
-        # Fetched first: a bad path or a failed download should not wait for init.
-        pretrained = None
-        if weights is not None:
-            torchvision_arch = "alexnet" if variant == "torchvision" else None
-            pretrained = fetch_weights(
-                weights, torchvision_arch=torchvision_arch, arch_name=self.arch_name
-            )
+        # The torchvision builder with this layout, whose weights names `weights=` accepts.
+        self.torchvision_arch = "alexnet" if variant == "torchvision" else None
 
         def rectify(normalise: bool) -> nn.Module:
             return ReLUWithLRN(groups) if normalise else nn.ReLU(inplace=True)
@@ -121,9 +117,10 @@ class AlexNet(nn.Module):
         self.classifier = nn.Sequential(*hidden, nn.Linear(4096, num_classes))
         _initialise(self, init)
 
-        if pretrained is not None:
-            state_dict, source = pretrained
-            load_backbone_weights(self, state_dict, arch_name=self.arch_name, source=source)
+        if weights is not None:
+            load_weights(
+                self, weights, arch_name=self.arch_name, torchvision_arch=self.torchvision_arch
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         check_image_batch(

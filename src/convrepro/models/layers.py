@@ -74,7 +74,7 @@ def kaiming_init_(model: nn.Module) -> None:
 
 
 def check_choice(argument: str, value: object, choices: Iterable[object]) -> None:
-    """Raise a ValueError naming the valid choices if ``value`` is not one of them."""
+    """Raise a ConfigError naming the valid choices if ``value`` is not one of them."""
     choices = tuple(choices)
     if value not in choices:
         valid = ", ".join(repr(choice) for choice in choices)
@@ -82,13 +82,13 @@ def check_choice(argument: str, value: object, choices: Iterable[object]) -> Non
 
 
 def check_num_classes(num_classes: int) -> None:
-    """Raise a ValueError unless ``num_classes`` is a positive integer."""
+    """Raise a ConfigError unless ``num_classes`` is a positive integer."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
 def check_image_batch(x: Tensor, *, min_size: int, model_name: str, advice: str) -> None:
-    """Raise one clear ValueError if ``x`` is not an (N, 3, H, W) batch with H, W >= min_size."""
+    """Raise one clear ConfigError if ``x`` is not an (N, 3, H, W) batch with H, W >= min_size."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ConfigError(
             f"{model_name} expects a batch of RGB images shaped (N, 3, H, W), got {tuple(x.shape)}"

@@ -18,9 +18,9 @@ from convrepro.models.layers import (
 )
 from convrepro.models.weights import (
     describe_mismatch,
-    fetch_weights,
-    load_backbone_weights,
     load_state_dict_file,
+    load_weights,
+    network_state_dict,
 )
 
 VGGConfig = Literal["A", "A-LRN", "B", "C", "D", "E"]
@@ -89,11 +89,12 @@ class VGG(nn.Module):
             (sec 3.1; net A was trained like this, deeper nets are warm-started from it).
             ``"kaiming"`` is torchvision's init. ``"xavier"`` is Glorot uniform with zero
             biases, which the paper notes makes warm starts unnecessary.
-        weights: pretrained weights, loaded after init. A torchvision weights name of the
+        weights: pretrained weights, applied after init by
+            :func:`~convrepro.models.weights.load_weights`: a torchvision weights name of the
             matching net (``"DEFAULT"``, ``"IMAGENET1K_V1"``; configs A, B, D, E with the
-            imagenet head) is downloaded to the torch hub cache; anything else is read as a
-            state-dict or Lightning-checkpoint path. A final layer of another num_classes keeps
-            its fresh init (fine-tuning); any other mismatch is an error.
+            imagenet head), downloaded to the torch hub cache, or a state-dict or
+            Lightning-checkpoint path. A final layer of another num_classes keeps its fresh init
+            (fine-tuning); any other mismatch is an error.
         warm_start: path of a trained net A (same ``batch_norm``, ``head``, ``num_classes``),
             applied with :meth:`warm_start_from`.
 
@@ -131,17 +132,10 @@ class VGG(nn.Module):
             f"VGG-{config}{' with batch norm' if batch_norm else ''} ({head} head, "
             f"{num_classes} classes)"
         )
-
-        # Files and downloads first: a bad path or a failed download should not wait for init.
-        net_a = load_state_dict_file(warm_start) if warm_start is not None else None
-        pretrained = None
-        if weights is not None:
-            torchvision_arch = None
-            if config in TORCHVISION_ARCHS and head == "imagenet":
-                torchvision_arch = TORCHVISION_ARCHS[config] + ("_bn" if batch_norm else "")
-            pretrained = fetch_weights(
-                weights, torchvision_arch=torchvision_arch, arch_name=self.arch_name
-            )
+        # The torchvision builder with this layout, whose weights names `weights=` accepts.
+        self.torchvision_arch: str | None = None
+        if config in TORCHVISION_ARCHS and head == "imagenet":
+            self.torchvision_arch = TORCHVISION_ARCHS[config] + ("_bn" if batch_norm else "")
 
         self.features = make_layers(CONFIGS[config], batch_norm)
         pooled_size, hidden = (7, 4096) if head == "imagenet" else (1, 512)
@@ -157,11 +151,12 @@ class VGG(nn.Module):
         )
         _initialise(self, init)
 
-        if net_a is not None:
-            self.warm_start_from(net_a)
-        if pretrained is not None:
-            state_dict, source = pretrained
-            load_backbone_weights(self, state_dict, arch_name=self.arch_name, source=source)
+        if warm_start is not None:
+            self.warm_start_from(load_state_dict_file(warm_start))
+        if weights is not None:
+            load_weights(
+                self, weights, arch_name=self.arch_name, torchvision_arch=self.torchvision_arch
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         check_image_batch(
@@ -191,17 +186,22 @@ class VGG(nn.Module):
         three FC layers are copied. Everything else keeps its current values.
 
         ``state_dict`` must be a whole net A with this net's ``batch_norm``, ``head`` and
-        ``num_classes``; anything else raises a ValueError.
+        ``num_classes``, bare or inside a Lightning checkpoint's state dict
+        (:func:`~convrepro.models.weights.network_state_dict`); anything else raises a
+        ConfigError.
         """
         with torch.device("meta"):  # shapes and keys only, no memory or init cost
             net_a = VGG(
                 "A", num_classes=self.num_classes, batch_norm=self.batch_norm, head=self.head
             )
-        problems = describe_mismatch(net_a.state_dict(), state_dict)
+        expected = net_a.state_dict()
+        state_dict = network_state_dict(state_dict, expected)
+        problems = describe_mismatch(expected, state_dict)
         if problems:
             raise ConfigError(
                 f"warm_start needs the weights of a trained {net_a.arch_name}, matching this "
-                f"net's batch_norm, head and num_classes. {problems}"
+                f"net's batch_norm, head and num_classes. {problems} Pass the checkpoint of such "
+                "a net A, or set warm_start: null."
             )
 
         target_units = dict(_conv_units(self.features))
@@ -210,8 +210,10 @@ class VGG(nn.Module):
             for source, target in zip(source_modules, target_units[position], strict=True):
                 for key in self.features.get_submodule(target).state_dict():
                     key_map[f"features.{target}.{key}"] = f"features.{source}.{key}"
-        self.load_state_dict({new: state_dict[old] for new, old in key_map.items()}, strict=False)
-        return sorted(key_map)
+        # Files saved before PyTorch 0.4.1 lack `num_batches_tracked`; those keep their value.
+        copied = {new: state_dict[old] for new, old in key_map.items() if old in state_dict}
+        self.load_state_dict(copied, strict=False)
+        return sorted(copied)
 
 
 class DenseVGG(nn.Module):

@@ -1,6 +1,7 @@
 """Reading weight files and loading them into a model, with errors that say what went wrong.
 
-Shared by the model families (``weights=``) and by training code restoring checkpoints.
+:func:`load_weights` is the one way both families apply pretrained or saved weights (their
+``weights=`` argument); the CLI uses the same readers to check a checkpoint before resuming.
 """
 
 import os
@@ -13,23 +14,23 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model_weights
 
-from convrepro.errors import ConfigError, DownloadError
+from convrepro.errors import ConfigError, DownloadError, MissingFileError
 
-# Attribute under which the LightningModule holds the network; its checkpoints prefix keys with it.
-_BACKBONE_PREFIX = "backbone."
 # torch.compile wraps a module as `_orig_mod`, which appears as a key component in state dicts.
 _COMPILE_WRAPPER = "_orig_mod"
 _MAX_KEYS_SHOWN = 5
+# What torch.load raises for a file that is truncated, corrupted or no PyTorch file at all.
+_DAMAGED_FILE_ERRORS = (RuntimeError, KeyError, EOFError)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a network's state dict from a state-dict file or a Lightning checkpoint.
+    """Read a state dict from a state-dict file or a Lightning checkpoint.
 
     Only tensors and plain containers are unpickled (``weights_only=True``): a file holding other
-    Python objects is refused, never executed. Keys are normalised so the result loads into the
-    bare network: a Lightning checkpoint's ``state_dict`` entry is used, with its ``backbone.``
-    prefix stripped and the LightningModule's other entries (metric states etc.) dropped; the
-    ``_orig_mod.`` component that ``torch.compile`` inserts is removed wherever it occurs.
+    Python objects is refused, never executed. A Lightning checkpoint's ``state_dict`` entry is
+    returned, keys as the LightningModule wrote them (:func:`network_state_dict` picks the
+    network's entries out of it); the ``_orig_mod.`` component that ``torch.compile`` inserts is
+    removed wherever it occurs.
     """
     path = Path(path)
     try:
@@ -41,7 +42,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
             "it was written by torch.save(model), re-save it with "
             "torch.save(model.state_dict(), path)), or it is not a PyTorch file."
         ) from err
-    except (RuntimeError, KeyError, EOFError) as err:
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise MissingFileError(
+            f"no weights file at {path}; pass the path of a state dict or Lightning checkpoint"
+        ) from err
+    except _DAMAGED_FILE_ERRORS as err:
         raise ConfigError(
             f"cannot read {path}: it is not a PyTorch file, or truncated/corrupted ({err!s:.200})"
         ) from err
@@ -49,7 +54,41 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]  # Lightning checkpoint
     _check_is_state_dict(content, path)
-    return _normalise_keys(content)
+    return {
+        ".".join(part for part in key.split(".") if part != _COMPILE_WRAPPER): value
+        for key, value in content.items()
+    }
+
+
+def network_state_dict(
+    state_dict: Mapping[str, Tensor], expected: Collection[str]
+) -> dict[str, Tensor]:
+    """The entries of ``state_dict`` that belong to a network whose keys are ``expected``.
+
+    A LightningModule's checkpoint holds the network under the attribute the module keeps it in
+    (``backbone.`` for ImageClassifier) next to entries of its own (metric states). That prefix is
+    found from the keys, so no caller needs to know the module's layout: of the prefixes before
+    the network's first key, the one under which most of its keys occur; entries outside it are
+    dropped. A state dict holding that key unprefixed (the bare network's), nowhere (another
+    architecture's), or under two equally good prefixes is returned whole, for
+    :func:`describe_mismatch` to report key by key.
+    """
+    first = next(iter(expected), None)
+    if first is None or first in state_dict:
+        return dict(state_dict)
+    # A nested module can end in the first key too ("backbone.3.0.weight" for "0.weight").
+    found = {
+        prefix: sum(prefix + key in state_dict for key in expected)
+        for prefix in {key.removesuffix(first) for key in state_dict if key.endswith(f".{first}")}
+    }
+    best = [prefix for prefix, count in found.items() if count == max(found.values())]
+    if len(best) != 1:
+        return dict(state_dict)
+    return {
+        key.removeprefix(best[0]): value
+        for key, value in state_dict.items()
+        if key.startswith(best[0])
+    }
 
 
 def _check_is_state_dict(content: object, path: Path) -> None:
@@ -66,20 +105,6 @@ def _check_is_state_dict(content: object, path: Path) -> None:
             )
 
 
-def _normalise_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    unwrapped = {
-        ".".join(part for part in key.split(".") if part != _COMPILE_WRAPPER): value
-        for key, value in state_dict.items()
-    }
-    if not any(key.startswith(_BACKBONE_PREFIX) for key in unwrapped):
-        return unwrapped
-    return {
-        key.removeprefix(_BACKBONE_PREFIX): value
-        for key, value in unwrapped.items()
-        if key.startswith(_BACKBONE_PREFIX)
-    }
-
-
 def load_backbone_weights(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -93,7 +118,7 @@ def load_backbone_weights(
     classifier's last Linear) may differ in shape, which is the fine-tuning case, e.g. 1000-class
     ImageNet weights into a 10-class model. It then keeps its fresh initialisation, a warning
     names its keys, and they are returned. Any other missing, unexpected or mismatched key means
-    the weights belong to another architecture: one ValueError lists them, and nothing is loaded.
+    the weights belong to another architecture: one ConfigError lists them, and nothing is loaded.
     ``arch_name`` and ``source`` only appear in messages.
     """
     # A plain dict has no torch `_metadata`, so BatchNorm fills in `num_batches_tracked` for files
@@ -183,17 +208,33 @@ def _first_few(items: list[str]) -> str:
     return ", ".join(items[:_MAX_KEYS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
 
 
-def fetch_weights(
+def load_weights(
+    model: nn.Module, weights: str, *, arch_name: str, torchvision_arch: str | None = None
+) -> list[str]:
+    """Apply pretrained or saved weights to a built network: what ``weights=`` does in every family.
+
+    ``weights`` is either a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"`` or
+    ``"VGG16_Weights.IMAGENET1K_V1"``) of the torchvision builder ``torchvision_arch`` that has
+    this network's layout (``None`` when there is none), downloaded into the torch hub cache
+    (``$TORCH_HOME``), or the path of a state dict or Lightning checkpoint
+    (:func:`load_state_dict_file`, :func:`network_state_dict`). The weights are loaded with
+    :func:`load_backbone_weights`: strictly, except that a final layer of another num_classes keeps
+    its fresh initialisation, with a warning (fine-tuning); its keys are returned, else ``[]``.
+    ``arch_name`` names the network in messages.
+    """
+    state_dict, source = _fetch(weights, torchvision_arch=torchvision_arch, arch_name=arch_name)
+    return load_backbone_weights(
+        model,
+        network_state_dict(state_dict, model.state_dict()),
+        arch_name=arch_name,
+        source=source,
+    )
+
+
+def _fetch(
     weights: str, *, torchvision_arch: str | None, arch_name: str
 ) -> tuple[dict[str, Tensor], str]:
-    """Get the state dict ``weights`` names, and a description of where it came from.
-
-    A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"`` or
-    ``"VGG16_Weights.IMAGENET1K_V1"``) is looked up in the weights enum of the torchvision builder
-    ``torchvision_arch`` (``None`` when torchvision has no such model) and downloaded into the
-    torch hub cache (``$TORCH_HOME``). Anything else is read with :func:`load_state_dict_file`.
-    ``arch_name`` only appears in messages.
-    """
+    """The state dict ``weights`` names, and a description of where it came from."""
     weights_enum = get_model_weights(torchvision_arch) if torchvision_arch else None
     path = Path(weights).expanduser()
     if weights_enum is not None and _is_member(weights_enum, weights):
@@ -217,15 +258,21 @@ def _is_member(weights_enum: type[WeightsEnum], name: str) -> bool:
 
 
 def _download(entry: WeightsEnum) -> dict[str, Tensor]:
+    target = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
     try:
         # weights_only: the cached file may have been put there by hand, as advised below.
         return entry.get_state_dict(
             progress=True, check_hash=True, map_location="cpu", weights_only=True
         )
     except OSError as err:  # URLError, timeouts and DNS failures are all OSErrors
-        target = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
         raise DownloadError(
             f"could not download {entry!r} ({err}). Fetch {entry.url} by other means and put "
             f"it at {target} (the torch hub cache under $TORCH_HOME), or pass the file's path "
             "as weights=..."
+        ) from err
+    except (pickle.UnpicklingError, *_DAMAGED_FILE_ERRORS) as err:
+        # A hash mismatch while downloading (a RuntimeError), or a damaged cached file.
+        raise DownloadError(
+            f"{entry!r}: the downloaded or cached file {target} is damaged ({err!s:.200}). "
+            f"Delete it and run again, or fetch {entry.url} by other means and put it there."
         ) from err
