@@ -1,4 +1,7 @@
-"""Test-wide settings: tests import their helpers (datasets, tiny_backbone) from this folder."""
+"""Test-wide settings: tests import ``tiny_backbone`` (a tiny network for CLI configs) from here.
+
+Made-up data sets and the md5 bypass come from :mod:`convrepro.testing`.
+"""
 
 import sys
 from pathlib import Path

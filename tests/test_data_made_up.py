@@ -1,11 +1,26 @@
-"""The made-up data sets of tests/datasets.py: real on-disk formats, learnable when asked."""
+"""convrepro.testing: made-up data in the real on-disk formats, learnable when asked; the md5
+bypass; the made-up ablation."""
 
+import json
+import math
 import pickle
 
 import numpy as np
 import pytest
+import torchvision.datasets.cifar
+import torchvision.datasets.stl10
 
-from datasets import balanced_labels, make_cifar10, make_images, make_stl10
+from convrepro.ablate.report import collect_results
+from convrepro.testing import (
+    MADE_UP_NAME,
+    accepting_made_up_files,
+    balanced_labels,
+    make_cifar10,
+    make_images,
+    make_stl10,
+    skip_md5_checks,
+    write_made_up_ablation,
+)
 
 
 def nearest_mean_colour_accuracy(learnable: bool) -> float:
@@ -58,3 +73,34 @@ def test_stl10_binaries_have_the_original_sizes_and_label_range(tmp_path):
     assert labels.min() == 1 and labels.max() == 10
     folds = (folder / "fold_indices.txt").read_text().splitlines()
     assert len(folds) == 10 and all(len(line.split()) == 4 for line in folds)
+
+
+def checks() -> tuple:
+    return torchvision.datasets.cifar.check_integrity, torchvision.datasets.stl10.check_integrity
+
+
+def test_md5_bypass_accepts_any_existing_file_and_is_undone(tmp_path, monkeypatch):
+    made_up, md5 = tmp_path / "data_batch_1", "c99cafc152244af753f735de768cd75f"  # the real one's
+    made_up.write_bytes(b"not the real bytes")
+    real_checks = checks()
+    assert not any(check(str(made_up), md5) for check in checks())
+    with accepting_made_up_files():
+        assert all(check(str(made_up), md5) for check in checks())
+        assert not any(check(str(tmp_path / "missing"), None) for check in checks())
+    assert checks() == real_checks
+    with monkeypatch.context() as patch:
+        skip_md5_checks(patch)
+        assert all(check(str(made_up), md5) for check in checks())
+    assert checks() == real_checks
+
+
+def test_made_up_ablation_is_labelled_and_reproducible(tmp_path):
+    first = write_made_up_ablation(tmp_path / "one")
+    write_made_up_ablation(tmp_path / "two")
+    assert first.name == MADE_UP_NAME and "MADE-UP" in first.name
+    results_one, missing = collect_results(first, tmp_path / "one")
+    results_two, _ = collect_results(first, tmp_path / "two")
+    assert missing == [] and results_one == results_two
+    run_dir = tmp_path / "one" / "runs" / MADE_UP_NAME / "A-seed0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0.8 < summary["test/acc"] < 0.95 and not math.isnan(summary["best_val_acc"])

@@ -9,8 +9,6 @@ these runs check; two runs point them at data and results in the real on-disk la
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from pathlib import Path
@@ -30,18 +28,15 @@ from convrepro.ablate import load_spec
 from convrepro.ablate.report import collect_results, write_report
 from convrepro.data.transforms import CIFAR10_STATS, image_pipeline
 from convrepro.explore import (
-    MADE_UP_NAME,
     count_flops,
     count_parameters,
     denormalize,
     download_wandb_group,
     layer_table,
     markdown_table,
-    write_made_up_ablation,
 )
 from convrepro.models import VGG, AlexNet
-
-from datasets import make_image_folder
+from convrepro.testing import MADE_UP_NAME, make_image_folder, write_made_up_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -288,15 +283,3 @@ def test_a_wandb_group_becomes_an_ablation_folder_the_report_reads(tmp_path):
     assert history.splitlines() == ["epoch,val/acc", "0,0.4", "1,0.6"]
     with pytest.raises(ValueError, match="'B' is not an arm"):
         download_wandb_group("me/convrepro", "lrn", tmp_path / "other", baseline="B", api=api)
-
-
-def test_made_up_ablation_is_labelled_and_reproducible(tmp_path):
-    first = write_made_up_ablation(tmp_path / "one")
-    write_made_up_ablation(tmp_path / "two")
-    assert first.name == MADE_UP_NAME and "MADE-UP" in first.name
-    results_one, missing = collect_results(first, tmp_path / "one")
-    results_two, _ = collect_results(first, tmp_path / "two")
-    assert missing == [] and results_one == results_two
-    run_dir = tmp_path / "one" / "runs" / MADE_UP_NAME / "A-seed0"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert 0.8 < summary["test/acc"] < 0.95 and not math.isnan(summary["best_val_acc"])

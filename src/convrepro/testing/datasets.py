@@ -1,18 +1,20 @@
-"""Small made-up data sets written in the real on-disk formats, for tests.
+"""Small made-up data sets written in the real on-disk formats.
+
+CIFAR-10 python pickles, STL-10 binaries and image folders (every image kind the loaders meet,
+bad files on request), read back by the same code that reads the real data sets: for tests,
+notebooks and the benchmark when the real data is not on disk.
 
 With ``learnable=True`` an image's class is visible in it (a class colour and a class stripe
 direction, plus noise and brightness changes), so a tiny network beats chance within an epoch
 or two. Everything is a pure function of the arguments (``seed`` included).
 
 torchvision checks the md5 sums of CIFAR-10/STL-10 files, which made-up files cannot match:
-call :func:`skip_md5_checks` (with pytest's ``monkeypatch``) before reading them. It replaces
-only the checksum comparison; the reading code is torchvision's own.
+see :mod:`convrepro.testing.integrity` for the one way to skip that check.
 """
 
 from __future__ import annotations
 
 import colorsys
-import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from convrepro.data.cifar import CIFAR10_CLASSES
@@ -45,16 +46,6 @@ IMAGE_KINDS = (
     ("webp", "RGB WebP"),
     ("tiff", "LA TIFF"),
 )
-
-
-def skip_md5_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let torchvision's CIFAR-10/STL-10 accept made-up files: a file only has to exist."""
-
-    def file_exists(fpath: str | Path, md5: str | None = None) -> bool:
-        return os.path.isfile(fpath)
-
-    for module in ("torchvision.datasets.cifar", "torchvision.datasets.stl10"):
-        monkeypatch.setattr(f"{module}.check_integrity", file_exists)
 
 
 def make_images(
