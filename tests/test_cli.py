@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from convrepro.runs import RunFolder
-
-from datasets import make_cifar10
+from convrepro.testing import make_cifar10, skip_md5_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -102,8 +101,6 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
     import wandb
 
     from convrepro.cli import ConvReproCLI
-
-    from datasets import skip_md5_checks
 
     skip_md5_checks(monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -24,9 +24,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from convrepro.cli import ConvReproCLI
 from convrepro.data import CIFAR10DataModule
 from convrepro.runs import RunFolder
+from convrepro.testing import make_cifar10, skip_md5_checks
 from convrepro.training.classifier import ImageClassifier
 
-from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]

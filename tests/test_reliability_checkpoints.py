@@ -19,9 +19,9 @@ from convrepro.reliability.divergence import DivergenceGuard
 from convrepro.reliability.preemption import PreemptionCheckpoint
 from convrepro.reliability.resume import ExactResume
 from convrepro.runs import RunFolder
+from convrepro.testing import make_cifar10, skip_md5_checks
 from convrepro.training.classifier import ImageClassifier
 
-from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,23 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
     io.save_checkpoint({"step": 3}, path)
     assert io.load_checkpoint(path)["step"] == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_unconfirmed_saves_can_be_rolled_back_until_confirmed(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.keep_predecessors = True  # as the DivergenceGuard sets it
+    io.save_checkpoint({"step": 1}, path)
+    io.confirm()
+    io.save_checkpoint({"step": 2}, path)
+    io.save_checkpoint({"step": 3}, tmp_path / "best.ckpt")
+    io.roll_back()  # step 2's weights turned out bad: back to step 1, no best.ckpt
+    assert io.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    io.save_checkpoint({"step": 4}, path)
+    io.confirm()  # good: what it replaced is dropped
+    assert io.load_checkpoint(path)["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 def test_resume_picks_the_newer_of_last_and_interrupted(tmp_path):
@@ -110,7 +127,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     last = tmp_path / "runs" / "vgg11_cifar" / "nan" / "checkpoints" / "last.ckpt"
     assert message.startswith(
         "error: training diverged: the loss became NaN or infinite at step 7 "
-        f"(noticed at step 8, epoch 0); the last good checkpoint is {last.resolve()}."
+        f"(noticed at step 8, epoch 0); the last good checkpoint is {last.resolve()} (step 4)."
     )
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 4

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from bad_inputs import signal_at
 from lightning.pytorch import Callback
 from torch import nn
 
 from convrepro.cli import ConvReproCLI, main
 from convrepro.reliability.checkpoint_io import AtomicCheckpointIO
 from convrepro.runs import RunFolder
+from convrepro.testing import make_cifar10, skip_md5_checks
 
-from datasets import make_cifar10, skip_md5_checks
 from tiny_backbone import TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,3 +237,26 @@ def test_kill_9_loses_at_most_the_periodic_checkpoint_interval(in_workdir, unint
         import wandb
 
         wandb.finish()
+
+
+def test_sigterm_while_the_run_is_set_up_saves_and_exits_143(in_workdir):
+    """Lightning installs its SIGTERM handler only just before the sanity check; a stop while
+    the run was set up (here: on_fit_start) killed the process without a checkpoint, so a
+    requeued job's ``--ckpt_path last`` found nothing. A subprocess: the default action of
+    SIGTERM would end the test process."""
+    env = {**os.environ, "PYTHONPATH": f"{TESTS / 'subprocess_site'}{os.pathsep}{TESTS}"}
+    for inherited in ("CONVREPRO_RUN_ID", "CONVREPRO_RUN_ID_OWNER", "WANDB_SERVICE"):
+        env.pop(inherited, None)
+    early_stop = ["--trainer.logger=false", *signal_at(signal.SIGTERM, hook="on_fit_start")]
+    stopped = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "fit", *ARGS, "--run.id=early", *early_stop],
+        cwd=in_workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    run = RunFolder(in_workdir / "runs" / "vgg11_cifar" / "early")
+    assert run.resume_checkpoint() == run.interrupt_checkpoint
+    assert torch.load(run.interrupt_checkpoint, weights_only=True)["global_step"] == 0

@@ -6,9 +6,10 @@ mode chosen for the machine it runs on, result files (history, summary, predicti
 training that survives being stopped (atomic and periodic checkpoints, a checkpoint on SIGTERM
 or Ctrl+C, exact resume with ``--ckpt_path last``, a stop on a NaN loss).
 
-Exit status of ``main.py``: 0 done; 2 a user error (one ``error:`` line on stderr); 3 the loss
+Exit status of ``main.py``: 0 done; 2 a user error (one ``error:`` line on stderr naming the
+setting and the fix; a command that fails before training leaves no run folder); 3 the loss
 diverged; 130/143 stopped by Ctrl+C/SIGTERM after saving a checkpoint (resume me); anything
-else, with a traceback, is a bug.
+else, with a traceback, is a bug. ``tests/test_user_errors_table.py`` has a row for each case.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from jsonargparse import Namespace
+import yaml
+from jsonargparse import Namespace, dict_to_namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from convrepro.data import BaseImageDataModule
-from convrepro.errors import DEBUG_ENV, ConfigError, MissingFileError, UserError
-from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
+from convrepro.errors import DEBUG_ENV, ConfigError, UserError
+from convrepro.models.weights import describe_mismatch, network_state_dict
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -41,9 +44,13 @@ from convrepro.reliability import (
     PeriodicCheckpoint,
     PreemptionCheckpoint,
 )
-from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, shared_run_id
-from convrepro.runs.records import PredictionWriter, RunSummary
-from convrepro.runs.tracking import RunConfigSaver, wandb_offline_reason
+from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
+from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
+from convrepro.runs.console import RunConsole, prepare_loggers, silence_known_noise
+from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, resolve_run
+from convrepro.runs.provenance import command_line, new_invocation, utc_now
+from convrepro.runs.records import PredictionWriter, RunProvenance, RunSummary
+from convrepro.runs.tracking import RunConfigSaver, RunCSVLogger, wandb_offline_reason
 from convrepro.training import ImageClassifier, metrics
 from convrepro.training.classifier import PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHT_DECAY
 
@@ -62,9 +69,10 @@ DEFAULT_LR_SCHEDULER = {
 }
 
 
-def default_precision() -> str:
-    """Mixed precision where the hardware has it, full precision on the CPU."""
-    if not torch.cuda.is_available():
+def default_precision(accelerator: Any = "auto") -> str:
+    """Mixed precision where the hardware has it, full precision on the CPU (also when the
+    config asks for the CPU on a machine with a GPU)."""
+    if accelerator == "cpu" or not torch.cuda.is_available():
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
@@ -82,19 +90,23 @@ class ArgumentParser(LightningArgumentParser):
 
 # jsonargparse's explanation of which type a value failed to be, line by line.
 _PARSE_ERROR_NOISE = re.compile(
-    r"Parser key .*|Does not validate against any of the Union subtypes|Subtypes: .*|Errors:"
+    r"Does not validate against any of the Union subtypes|Subtypes: .*|Errors:"
     r"|Given value type: .*|Given value: NestedArg.*|- Expected a <class 'NoneType'>"
 )
+_KEY = re.compile(r'Parser key "([^"]+)":\s*')
 
 
 def _one_line(message: str) -> str:
     """``Parser key "trainer.max_epochs": ... Expected a <class 'int'> ... Given value: abc``
     -> ``trainer.max_epochs: expected int; Given value: abc``."""
-    keys = re.findall(r'Parser key "([^"]+)"', message)
+    keys = _KEY.findall(message)
+    # The key goes in front once; what follows it on its line may be all there is to say
+    # ('Parser key "config": File does not exist: ...').
+    lines = (_KEY.sub("", line).strip() for line in message.splitlines())
     details = [
-        re.sub(r"Expected a <class '([\w.]+)'>", r"expected \1", line.strip().removeprefix("- "))
-        for line in message.splitlines()
-        if line.strip() and not _PARSE_ERROR_NOISE.fullmatch(line.strip())
+        re.sub(r"Expected a <class '([\w.]+)'>", r"expected \1", line.removeprefix("- "))
+        for line in lines
+        if line and not _PARSE_ERROR_NOISE.fullmatch(line)
     ]
     text = "; ".join(details).replace(":; ", ": ")
     return f"{'.'.join(keys)}: {text}" if keys else text
@@ -104,6 +116,10 @@ class ConvReproCLI(LightningCLI):
     """LightningCLI for :class:`ImageClassifier` and the ``convrepro.data`` datamodules."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        silence_known_noise()  # before the Trainer, which warns while it is built
+        self._started, self._command = utc_now(), command_line(args)
+        self._checkpoint: CheckpointFile | None = None
+        self._changed: dict[str, list[Any]] = {}
         super().__init__(
             model_class=ImageClassifier,
             datamodule_class=BaseImageDataModule,
@@ -115,6 +131,8 @@ class ConvReproCLI(LightningCLI):
                 "logger": DEFAULT_LOGGER,
                 # our datamodules shard the data: exact (unpadded) evaluation, resumable order
                 "use_distributed_sampler": False,
+                # RunConsole prints parameters and real FLOPs per image instead of its table
+                "enable_model_summary": False,
             },
             auto_configure_optimizers=False,
             args=args,
@@ -132,22 +150,50 @@ class ConvReproCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Find the run and check ``--ckpt_path`` before Lightning reads the file (here, before
+        any other hook) and re-applies the hyperparameters stored in it."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            name = config.run.name or _config_stem(config)
+            self._run, config.ckpt_path = resolve_run(
+                config.run, name, config.get("ckpt_path"), subcommand
+            )
+            config.run.name, config.run.id = name, self._run.id
+            # What this command asks for, before the checkpoint's hyperparameters overwrite it.
+            dump = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[subcommand]
+            self._settings = flat_settings(dump)
+            if config.ckpt_path:
+                rank_zero_info(f"Using checkpoint {config.ckpt_path}")
+                self._checkpoint = read_checkpoint(config.ckpt_path)
+                if subcommand == "fit":
+                    self._changed = changed_settings(self._checkpoint, self._settings)
+                for key, (old, new) in self._changed.items():
+                    rank_zero_info(f"Resuming with {key} changed from {old} to {new}")
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        name = config.run.name or _config_stem(config)
-        run = self._resolve_run(config, name)
-        config.run.name, config.run.id = name, run.id
+        run = self._run
         trainer = config.trainer
         trainer.default_root_dir = str(run.path)
         if trainer.precision is None:
-            trainer.precision = default_precision()
+            trainer.precision = default_precision(trainer.accelerator)
         trainer.plugins = _with_atomic_checkpoint_io(trainer.plugins)
         if config.get("weights_only") is None:
             config.weights_only = True  # our checkpoints hold only tensors and plain values
         loggers = _configure_loggers(trainer, run.path, config.run)
-        callbacks = [DiscardUnstartedRun(run.path), RunSummary(run)]
+        resume = self.subcommand == "fit" and bool(config.ckpt_path)
+        invocation = new_invocation(
+            "resume" if resume else self.subcommand, self._command, self._started
+        )
+        invocation.checkpoint, invocation.changed_settings = config.ckpt_path, self._changed
+        callbacks = [DiscardUnstartedRun(run.path), RunSummary(run), RunProvenance(run, invocation)]
+        callbacks.append(RunConsole(run))
         if self.subcommand == "fit":
             callbacks += _training_safety_callbacks(trainer, run, config.run)
+            callbacks.append(StoreSettings(self._settings))
         if loggers and not _has_callback(trainer, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if self.subcommand == "predict":
@@ -156,50 +202,27 @@ class ConvReproCLI(LightningCLI):
         self.save_config_kwargs = {
             "run_dir": str(run.path),
             "filename": run.config(self.subcommand).name,
+            "keep_existing": resume,  # config.yaml says how the run began
         }
 
-    def _resolve_run(self, config: Namespace, name: str) -> RunFolder:
-        root = Path(config.run.root)
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path in ("last", "best"):
-            run = (
-                RunFolder.at(root, name, config.run.id)
-                if config.run.id
-                else RunFolder.latest_resumable(root, name)
-            )
-            if run is None or run.resume_checkpoint() is None:
-                where = run.checkpoints if run else root / name / "*" / RunFolder.CHECKPOINT_DIR
-                raise MissingFileError(
-                    f"--ckpt_path {ckpt_path}: no checkpoint of experiment '{name}' under "
-                    f"{where}/. Start a new run without --ckpt_path, or pass --ckpt_path "
-                    "path/to/file.ckpt."
-                )
-            config.ckpt_path = str(self._checkpoint_in(run, ckpt_path))
-            config.run.id = run.id
-            rank_zero_info(f"Using checkpoint {config.ckpt_path}")
-        elif ckpt_path and not config.run.id:
-            if not Path(ckpt_path).is_file():
-                raise MissingFileError(f"--ckpt_path {ckpt_path}: no such file")
-            owner = RunFolder.containing(ckpt_path)
-            if owner is not None and owner.name == name:
-                config.run.id = owner.id  # results of a saved run go next to it
-        return RunFolder.at(root, name, shared_run_id(config.run.id))
-
-    @staticmethod
-    def _checkpoint_in(run: RunFolder, which: str) -> Path:
-        if which == "best":
-            best = run.read_summary().best_checkpoint
-            if best and Path(best).is_file():
-                return Path(best)
-        checkpoint = run.resume_checkpoint()
-        assert checkpoint is not None  # checked by the caller
-        return checkpoint
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:
+            # All the Trainer is built from are settings, e.g. a GPU asked for on a CPU machine.
+            raise ConfigError(
+                f"trainer: {error} Check trainer.accelerator, trainer.devices, trainer.strategy "
+                "and trainer.precision against this machine (trainer.accelerator=auto uses what "
+                "it has)."
+            ) from error
+        prepare_loggers(trainer)  # before the Trainer starts their runs
+        return trainer
 
     def before_fit(self) -> None:
         """Refuse a checkpoint of another architecture before anything starts."""
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path:
-            _check_checkpoint_fits(self.model, ckpt_path)
+        if self._checkpoint is not None:
+            _check_checkpoint_fits(self.model, self._checkpoint)
+            self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
 
@@ -269,15 +292,13 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     return plugins
 
 
-def _check_checkpoint_fits(model: ImageClassifier, ckpt_path: str) -> None:
+def _check_checkpoint_fits(model: ImageClassifier, checkpoint: CheckpointFile) -> None:
     """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights."""
     expected = model.backbone.state_dict()
-    problems = describe_mismatch(
-        expected, network_state_dict(load_state_dict_file(ckpt_path), expected)
-    )
+    problems = describe_mismatch(expected, network_state_dict(checkpoint.weights, expected))
     if problems:
         raise ConfigError(
-            f"--ckpt_path {ckpt_path} was saved from another model than the config builds "
+            f"--ckpt_path {checkpoint.path} was saved from another model than the config builds "
             f"({type(model.backbone).__name__}). {problems} Use the config the checkpoint was "
             "trained with (its run folder holds config.yaml)."
         )
@@ -289,7 +310,7 @@ def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> lis
     if loggers in (None, False):
         return []
     if loggers is True:
-        loggers = trainer.logger = Namespace(DEFAULT_LOGGER)
+        loggers = trainer.logger = dict_to_namespace(DEFAULT_LOGGER)
     entries = loggers if isinstance(loggers, list) else [loggers]
     for entry in entries:
         init_args = entry.init_args
@@ -303,6 +324,8 @@ def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> lis
             _choose_wandb_mode(init_args)
         elif "name" in init_args or "version" in init_args:
             init_args.name, init_args.version = "", ""  # CSV/TensorBoard: log_dir = run folder
+        if _class_of(entry) is CSVLogger:
+            entry.class_path = f"{RunCSVLogger.__module__}.{RunCSVLogger.__name__}"
     return entries
 
 
@@ -316,9 +339,8 @@ def _choose_wandb_mode(init_args: Namespace) -> None:
     if init_args.get("log_model"):
         init_args.log_model = False  # W&B cannot upload checkpoints offline
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
-        rank_zero_info(
-            f"W&B is logging offline ({reason}); sync later with `wandb sync <run folder>/wandb`."
-        )
+        # W&B itself says how to sync a run that is kept, when it finishes.
+        rank_zero_info(f"W&B is logging offline ({reason}).")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,8 +1,11 @@
 """Failures the user can act on, as opposed to bugs.
 
-``main.py`` prints a :class:`UserError` as one line (``error: <message>``) and exits with its
-``exit_code``; anything else keeps its traceback, because it is a bug. Set ``CONVREPRO_DEBUG=1``
-to see the traceback of a user error too.
+The convention, everywhere in the package: a problem the user can fix by changing a setting, a
+file or the command raises a :class:`UserError` subclass whose message names the setting (as
+written in a config: ``data.val_size``, ``--ckpt_path``) or the file, and the fix. ``main.py``
+prints it as one line (``error: <message>``) and exits with its ``exit_code``; anything else
+keeps its traceback, because it is a bug. Set ``CONVREPRO_DEBUG=1`` to see the traceback of a
+user error too.
 
 Each subclass also derives from the built-in exception it stands for, so code (and tests) that
 catch ``ValueError`` or ``FileNotFoundError`` keep working.
@@ -21,6 +24,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting, or a combination of settings and data, that cannot work."""
+
+
+class SettingTypeError(ConfigError, TypeError):
+    """A setting given a value of the wrong kind (a flag where a count belongs)."""
 
 
 class MissingFileError(UserError, FileNotFoundError):

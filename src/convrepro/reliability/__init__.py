@@ -1,5 +1,6 @@
 """Training that survives being stopped: atomic and periodic checkpoints, a checkpoint on a stop
-signal, exact resume, and a stop before a diverged loss reaches a checkpoint.
+signal, exact resume (and what it may change: :mod:`~convrepro.reliability.settings`), and a stop
+before a diverged loss reaches a checkpoint.
 
 The CLI adds all of these to every ``fit``; they are plain Lightning callbacks and plugins, so a
 script with its own Trainer can use them too.

@@ -1,7 +1,11 @@
-"""Checkpoints that survive being killed: atomic writes and a periodic ``last.ckpt``."""
+"""Checkpoints that survive being killed: atomic writes, a periodic ``last.ckpt``, and a check
+that a file given as ``--ckpt_path`` is a checkpoint before anything reads it."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +15,13 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
 
+from convrepro.errors import ConfigError, UserError
+from convrepro.models.weights import load_state_dict_file
 from convrepro.runs.files import write_atomic
+
+PREDECESSOR_SUFFIX = ".previous"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,7 +31,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     file, removed by the next save next to it), never a truncated one that would block the
     resume. Lightning's own writer opens the target file directly. Remote paths (``s3://`` and
     the like) are left to Lightning: object stores replace whole objects anyway.
+
+    With ``keep_predecessors`` (switched on by the
+    :class:`~convrepro.reliability.divergence.DivergenceGuard`), a file that a save replaces is
+    kept as a hidden hard link until :meth:`confirm` says the new weights are good, so that
+    :meth:`roll_back` can put it back: weights are only known good once a loss computed from
+    them was seen finite, one step after they were saved.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep_predecessors = False
+        self._unconfirmed: dict[Path, Path | None] = {}  # saved path -> what it replaced
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -30,7 +50,82 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
+        path = Path(path)
+        if self.keep_predecessors and path not in self._unconfirmed:
+            self._unconfirmed[path] = _link_predecessor(path)
         write_atomic(path, lambda handle: torch.save(checkpoint, handle))
+
+    def confirm(self) -> None:
+        """The checkpoints saved so far hold good weights: drop what they replaced."""
+        for predecessor in self._unconfirmed.values():
+            if predecessor is not None:
+                predecessor.unlink(missing_ok=True)
+        self._unconfirmed.clear()
+
+    def roll_back(self) -> None:
+        """Undo the saves since the last :meth:`confirm`: put back the files they replaced and
+        delete the ones they created."""
+        for path, predecessor in self._unconfirmed.items():
+            if predecessor is not None and predecessor.exists():
+                os.replace(predecessor, path)
+            else:
+                path.unlink(missing_ok=True)
+        self._unconfirmed.clear()
+
+
+def _link_predecessor(path: Path) -> Path | None:
+    """A second name for the file at ``path`` (a hard link: no copy), or ``None`` if none."""
+    predecessor = path.with_name(f".{path.name}{PREDECESSOR_SUFFIX}")
+    predecessor.unlink(missing_ok=True)  # left by a process that was killed
+    try:
+        os.link(path, predecessor)
+    except OSError:  # nothing there yet; or a file system without hard links (no roll-back)
+        return None
+    return predecessor
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A Lightning checkpoint, read and checked before Lightning reads it (:func:`read_checkpoint`).
+
+    Attributes:
+        path: The file.
+        content: The checkpoint's entries (tensors memory-mapped, not read).
+        weights: Its state dict, as ``weights=`` files are read
+            (:func:`~convrepro.models.weights.load_state_dict_file`).
+    """
+
+    path: Path
+    content: dict[str, Any]
+    weights: dict[str, Tensor]
+
+    @property
+    def global_step(self) -> int:
+        return int(self.content.get("global_step", 0))
+
+
+def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> CheckpointFile:
+    """Read the checkpoint ``setting`` names, refusing anything that is not one.
+
+    The file goes through the same reader as ``weights=`` files
+    (:func:`~convrepro.models.weights.load_state_dict_file`: tensors and plain values only,
+    never executing pickled code), so text, empty, truncated or malicious files get the same
+    one-line :class:`~convrepro.errors.ConfigError`. A bare state dict is refused too: resuming,
+    testing and predicting need the training state Lightning saves around the weights.
+    """
+    try:
+        weights = load_state_dict_file(path)
+    except UserError as error:
+        raise type(error)(f"{setting}: {error}") from error
+    # mmap: the tensors were just read in full; this second look only parses the small index.
+    content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(content, Mapping) or "pytorch-lightning_version" not in content:
+        raise ConfigError(
+            f"{setting} {path} holds network weights only, not a checkpoint of a training run. "
+            "To start a run from these weights, pass them as model.backbone.init_args.weights "
+            f"and leave out {setting}."
+        )
+    return CheckpointFile(Path(path), dict(content), weights)
 
 
 class PeriodicCheckpoint(ModelCheckpoint):

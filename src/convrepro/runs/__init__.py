@@ -1,6 +1,7 @@
 """Runs on disk: the run folder and its files (:mod:`~convrepro.runs.folder`), the typed summary
-(:mod:`~convrepro.runs.summary`), the callbacks that write them (:mod:`~convrepro.runs.records`),
-W&B set-up (:mod:`~convrepro.runs.tracking`) and atomic writes (:mod:`~convrepro.runs.files`).
+(:mod:`~convrepro.runs.summary`), where each result came from (:mod:`~convrepro.runs.provenance`),
+the callbacks that write them (:mod:`~convrepro.runs.records`), W&B set-up
+(:mod:`~convrepro.runs.tracking`) and atomic writes (:mod:`~convrepro.runs.files`).
 """
 
 from convrepro.runs.files import write_atomic

@@ -4,11 +4,16 @@
 notebooks and the cluster launchers find a run's files through it::
 
     <root>/<name>/<id>/
-        config.yaml            resolved config of the fit (config.<subcommand>.yaml for others)
+        config.yaml            resolved config the fit started with (config.<subcommand>.yaml
+                               for others); a resume keeps it and records what it changed in
+        provenance.json        :mod:`~convrepro.runs.provenance`: each command that touched the
+                               run, its code version, software, devices, data and times
         checkpoints/           best.ckpt, last.ckpt, interrupted.ckpt
         history.csv            one row per validation epoch
+        metrics.csv            CSVLogger's log (when configured), added to by later commands
         summary.json           :class:`~convrepro.runs.summary.Summary`
-        predictions.csv        written by ``predict``
+        predictions.csv        written by ``predict``: class and probability, top 5, per image
+        predictions.png        written by ``predict``: the first images with their predictions
         log.txt                the ablation runner's log of the commands it ran
 
 Every process of a distributed run must agree on the id before any of them can talk to the
@@ -26,14 +31,14 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from convrepro.errors import ConfigError, UserError
+from convrepro.errors import ConfigError, MissingFileError, UserError
 from convrepro.runs.files import write_atomic
 from convrepro.runs.summary import Summary
 
@@ -83,12 +88,68 @@ def shared_run_id(explicit: str | None) -> str:
         _slurm_job_id(),
         os.environ.get("TORCHELASTIC_RUN_ID") if _is_torchrun() else None,
     )
-    run_id = next((c for c in candidates if c and c != "none"), None) or new_run_id()
-    if not re.fullmatch(r"[\w.-]+", run_id):
-        raise ConfigError(f"run id {run_id!r} may only hold letters, digits, '.', '_' and '-'")
+    run_id = check_folder_name(
+        next((c for c in candidates if c and c != "none"), None) or new_run_id(), "run.id"
+    )
     os.environ[RUN_ID_ENV] = run_id  # Lightning's DDP launcher starts ranks 1.. from this env
     os.environ[RUN_ID_OWNER_ENV] = str(os.getpid())
     return run_id
+
+
+def resolve_run(
+    options: RunOptions, name: str, ckpt_path: str | None, subcommand: str
+) -> tuple[RunFolder, str | None]:
+    """The run a command works on, and the checkpoint file it starts from.
+
+    ``--ckpt_path last|best`` name a checkpoint of the experiment's newest run (of ``run.id``'s
+    if given); a checkpoint file inside a run of the same experiment makes its results go next
+    to it. Raises a :class:`~convrepro.errors.UserError` naming the setting, before anything is
+    written, for a name that is not one folder, a run folder that cannot be written, a missing
+    checkpoint, or a new ``fit`` into a run that already has checkpoints (its config and history
+    would then describe two runs).
+    """
+    root, run_id = Path(options.root), options.id
+    check_folder_name(name, "run.name")
+    if ckpt_path in ("last", "best"):
+        found = (
+            RunFolder.at(root, name, run_id) if run_id else RunFolder.latest_resumable(root, name)
+        )
+        if found is None or found.resume_checkpoint() is None:
+            where = found.checkpoints if found else root / name / "*" / RunFolder.CHECKPOINT_DIR
+            raise MissingFileError(
+                f"--ckpt_path {ckpt_path}: no checkpoint of experiment '{name}' under "
+                f"{where}/. Start a new run without --ckpt_path, or pass --ckpt_path "
+                "path/to/file.ckpt."
+            )
+        ckpt_path, run_id = str(found.checkpoint_named(ckpt_path)), found.id
+    elif ckpt_path and not run_id:
+        if not Path(ckpt_path).is_file():
+            raise MissingFileError(f"--ckpt_path {ckpt_path}: no such file")
+        owner = RunFolder.containing(ckpt_path)
+        if owner is not None and owner.name == name:
+            run_id = owner.id  # results of a saved run go next to it
+    run = RunFolder.at(root, name, shared_run_id(run_id))
+    run.check_writable()
+    if subcommand == "fit" and not ckpt_path and run.resume_checkpoint() is not None:
+        raise ConfigError(
+            f"run.id={run.id}: {run.path} holds a run with checkpoints already. Resume it with "
+            "--ckpt_path last, or start a new run with another run.id (or none)."
+        )
+    return run, ckpt_path
+
+
+def check_folder_name(value: str, setting: str) -> str:
+    """``value`` if it is one folder name, else a :class:`ConfigError` naming ``setting``.
+
+    Run names and ids become folders under ``run.root``: ``..`` or a ``/`` would put a run
+    somewhere else.
+    """
+    if not re.fullmatch(r"[\w.-]+", value) or set(value) == {"."}:
+        raise ConfigError(
+            f"{setting}={value!r} must be one folder name: letters, digits, '.', '_' and '-', "
+            "not '.' or '..'"
+        )
+    return value
 
 
 def _slurm_job_id() -> str | None:
@@ -117,7 +178,7 @@ class RunFolder:
 
     @classmethod
     def at(cls, root: str | Path, name: str, run_id: str) -> RunFolder:
-        return cls(Path(root) / name / run_id)
+        return cls(Path(root) / check_folder_name(name, "run.name") / run_id)
 
     @classmethod
     def containing(cls, ckpt_path: str | Path) -> RunFolder | None:
@@ -176,8 +237,56 @@ class RunFolder:
         return self.path / "predictions.csv"
 
     @property
+    def prediction_grid(self) -> Path:
+        return self.path / "predictions.png"
+
+    @property
     def log(self) -> Path:
         return self.path / "log.txt"
+
+    @property
+    def provenance_file(self) -> Path:
+        return self.path / "provenance.json"
+
+    @property
+    def metrics_log(self) -> Path:
+        """CSVLogger's ``metrics.csv``."""
+        return self.path / "metrics.csv"
+
+    def check_writable(self) -> None:
+        """Raise a :class:`ConfigError` (naming ``run.root``) if the folder cannot be made or
+        written to, before anything tries: a run must not fail over it halfway."""
+        existing = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(
+                f"run.root={self.path.parents[1]}: {existing} is a file, not a folder. "
+                "Choose another folder for the runs with --run.root."
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"run.root={self.path.parents[1]}: cannot write into {existing} (read-only). "
+                "Choose a writable folder for the runs with --run.root."
+            )
+
+    def checkpoint_named(self, which: str) -> Path:
+        """The file ``--ckpt_path last`` or ``--ckpt_path best`` means in this run, which must
+        have a :meth:`resume_checkpoint`. A run without a best checkpoint is an error: its other
+        checkpoints are not what "best" promises (``interrupted.ckpt`` holds mid-epoch weights).
+        """
+        newest = self.resume_checkpoint()
+        assert newest is not None  # checked by the caller
+        if which == "last":
+            return newest
+        best = self.read_summary().best_checkpoint  # a configured ModelCheckpoint's own file
+        for candidate in (self.best_checkpoint, Path(best) if best else None):
+            if candidate is not None and candidate.is_file():
+                return candidate
+        raise MissingFileError(
+            f"--ckpt_path best: {self.path} has no best checkpoint (written after a validation "
+            f"that improved: none ran, or data.val_size=0); its newest is {newest.name}"
+            f"{' (mid-epoch weights)' if newest == self.interrupt_checkpoint else ''}. To use "
+            f"that one anyway, name it: --ckpt_path {newest}"
+        )
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint ``--ckpt_path last`` resumes from: the newer of ``last.ckpt``
@@ -201,7 +310,10 @@ class RunFolder:
             return list(csv.DictReader(handle))
 
     def append_history(self, row: Mapping[str, Any]) -> None:
-        rows: list[Mapping[str, Any]] = [*self.read_history(), row]
+        self.write_history([*self.read_history(), row])
+
+    def write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace ``history.csv`` by ``rows`` (a run copied or made up whole, not logged)."""
         # Columns of earlier rows first: a resumed run may log its metrics in another order.
         columns = list(dict.fromkeys(key for r in rows for key in r))
         table = io.StringIO()
@@ -232,6 +344,9 @@ class DiscardUnstartedRun(Callback):
         if trainer.is_global_zero:
             wandb = sys.modules.get("wandb")
             if wandb is not None and wandb.run is not None:
+                # W&B's farewell would tell how to sync the folder about to be deleted.
+                with contextlib.suppress(AttributeError, ValueError):
+                    wandb.run._settings.silent = True
                 wandb.finish(exit_code=exception.exit_code)  # it writes into the folder
             shutil.rmtree(self.run_dir, ignore_errors=True)
             with contextlib.suppress(OSError):  # the experiment's folder, if this was its only run

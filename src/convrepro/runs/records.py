@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import signal
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,11 +14,25 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 
 from convrepro.data.contract import datamodule_of
+from convrepro.errors import TrainingDiverged
+from convrepro.reliability.preemption import StopRequested
 from convrepro.runs.files import write_atomic
 from convrepro.runs.folder import RunFolder
+from convrepro.runs.prediction_grid import GRID_IMAGES, save_prediction_grid
+from convrepro.runs.provenance import (
+    Invocation,
+    data_fingerprint,
+    device_record,
+    read_provenance,
+    utc_now,
+    write_provenance,
+)
 from convrepro.training import metrics
+
+TOP_K = 5  # classes listed per image in predictions.csv
 
 
 def _scalar_metrics(trainer: Trainer, prefixes: Sequence[str]) -> dict[str, float]:
@@ -68,11 +83,59 @@ class RunSummary(Callback):
         if trainer.is_global_zero:
             summary = self.run.read_summary()
             summary.test.update(_scalar_metrics(trainer, (metrics.TEST_PREFIX,)))
+            summary.test_checkpoint = str(trainer.ckpt_path) if trainer.ckpt_path else None
             self.run.write_summary(summary)
 
 
+class RunProvenance(Callback):
+    """Appends this command's :class:`~convrepro.runs.provenance.Invocation` to the run's
+    ``provenance.json`` (and W&B run config) once the data is read, and its end when it ends.
+    """
+
+    def __init__(self, run: RunFolder, invocation: Invocation) -> None:
+        self.run = run
+        self.invocation = invocation
+        self._earlier: list[Invocation] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.invocation.devices = device_record(trainer)
+        self.invocation.data = data_fingerprint(trainer.datamodule)
+        self._earlier = read_provenance(self.run)
+        record = self._write()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"provenance": record}, allow_val_change=True)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._end(trainer, "finished")
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, StopRequested):
+            outcome = f"stopped by {signal.Signals(exception.signum).name}"
+        elif isinstance(exception, TrainingDiverged):
+            outcome = "diverged"
+        else:
+            outcome = f"failed: {type(exception).__name__}: {exception}"
+        self._end(trainer, outcome)
+
+    def _end(self, trainer: Trainer, outcome: str) -> None:
+        # Not written yet (failed before setup), or its folder was removed (a failed start).
+        if trainer.is_global_zero and self.invocation.devices and self.run.path.is_dir():
+            self.invocation.ended, self.invocation.outcome = utc_now(), outcome
+            self._write()
+
+    def _write(self) -> dict[str, Any]:
+        return write_provenance(self.run, [*self._earlier, self.invocation])
+
+
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predictions.csv`` (sample, predicted index and class, probability) in data order.
+    """Writes ``predictions.csv`` (sample, predicted index and class, probability, the top 5
+    classes with theirs) in data order, and ``predictions.png``, the first images with their
+    predicted classes (when the datamodule can show its images).
 
     Under DDP each rank writes its share and rank 0 merges them, so the file lists every sample
     exactly once.
@@ -97,11 +160,21 @@ class PredictionWriter(BasePredictionWriter):
         class_names = pl_module.class_names
         rows = []
         for output, indices in zip(predictions, batch_indices, strict=True):
-            for sample, index, probability in zip(
-                indices, output["index"].tolist(), output["probability"].tolist(), strict=True
+            top = output["probabilities"].topk(min(TOP_K, len(class_names)), dim=1)
+            for sample, index, probability, top_p, top_i in zip(
+                indices,
+                output["index"].tolist(),
+                output["probability"].tolist(),
+                top.values.tolist(),
+                top.indices.tolist(),
+                strict=True,
             ):
                 name = names[sample] if names else str(sample)
-                rows.append((sample, name, index, class_names[index], f"{probability:.6f}"))
+                top_k = "; ".join(
+                    f"{class_names[i]} {p:.4f}" for i, p in zip(top_i, top_p, strict=True)
+                )
+                predicted = (index, class_names[index], f"{probability:.6f}", top_k)
+                rows.append((sample, name, *predicted))
         part = self.run.path / f".predictions.rank{trainer.global_rank}.json"
         write_atomic(part, json.dumps(rows))
         trainer.strategy.barrier()
@@ -114,10 +187,20 @@ class PredictionWriter(BasePredictionWriter):
             merged.sort(key=lambda row: row[0])
             table = io.StringIO()
             writer = csv.writer(table, lineterminator="\n")
-            writer.writerow(("sample", "predicted_index", "predicted_class", "probability"))
+            header = ("sample", "predicted_index", "predicted_class", "probability", "top5")
+            writer.writerow(header)
             writer.writerows(row[1:] for row in merged)
             write_atomic(self.run.predictions, table.getvalue())
+            self._save_grid(trainer, merged[:GRID_IMAGES])
         trainer.strategy.barrier()
+
+    def _save_grid(self, trainer: Trainer, rows: list[list[Any]]) -> None:
+        images_of = getattr(trainer.datamodule, "sample_images", None)
+        if images_of is None or not rows:
+            return
+        images = images_of("predict", len(rows))
+        captions = [f"{row[3]} ({float(row[4]):.0%})" for row in rows]
+        save_prediction_grid(images, captions, self.run.prediction_grid)
 
 
 def _sample_names(trainer: Trainer) -> list[str] | None:

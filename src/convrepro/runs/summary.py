@@ -28,6 +28,8 @@ class Summary:
         fit_seconds: Wall time of the fit, summed over resumes.
         test: Test metrics by logged name (``test/acc``, ``test/acc_top5``, ...); empty until
             ``test`` ran.
+        test_checkpoint: The checkpoint ``test`` scored, so that a result says which weights
+            it is of (``best.ckpt``, or one asked for explicitly).
     """
 
     best_val_acc: float | None = None
@@ -37,6 +39,7 @@ class Summary:
     global_step: int | None = None
     fit_seconds: float | None = None
     test: dict[str, float] = field(default_factory=dict)
+    test_checkpoint: str | None = None
 
     @property
     def fit_finished(self) -> bool:

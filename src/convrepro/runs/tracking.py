@@ -1,7 +1,9 @@
-"""Weights & Biases: decide online/offline up front, and put the resolved config in the run."""
+"""Loggers of a run: W&B online or offline decided up front, the resolved config in the run
+folder and W&B run, and a CSVLogger that adds to a run's ``metrics.csv`` rather than replace it."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import socket
@@ -11,7 +13,9 @@ from urllib.parse import urlparse
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
@@ -50,19 +54,52 @@ class RunConfigSaver(SaveConfigCallback):
     """Writes the resolved config into the run folder and into every W&B run's config.
 
     Lightning's default writes into ``trainer.log_dir``, which WandbLogger shares between runs
-    (the second run in a folder then aborts); here every run has its own folder.
+    (the second run in a folder then aborts); here every run has its own folder. With
+    ``keep_existing`` (a resume) a config already there stays: it describes how the run began,
+    and the run's provenance records what the resume changed.
     """
 
-    def __init__(self, *args, run_dir: str, filename: str, **kwargs) -> None:
+    def __init__(
+        self, *args, run_dir: str, filename: str, keep_existing: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, save_to_log_dir=False, **kwargs)
         self.run_dir = Path(run_dir)
         self.filename = filename
+        self.keep_existing = keep_existing
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, self.run_dir / self.filename, skip_none=False, overwrite=True)
+        path = self.run_dir / self.filename
+        if not (self.keep_existing and path.is_file()):
+            self.parser.save(self.config, path, skip_none=False, overwrite=True)
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(resolved, allow_val_change=True)
         rank_zero_info(f"Run folder: {self.run_dir}")
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger that adds to the ``metrics.csv`` in its folder.
+
+    Lightning's deletes the file when its folder holds anything, so a run's ``test``,
+    ``predict`` or resumed ``fit`` would erase the training log; the CLI runs every configured
+    CSVLogger as this one.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Instead of deleting an existing metrics.csv: start from its columns, so that rows
+        # with new metrics rewrite it with the union of both (as Lightning does within a run).
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = next(csv.reader(handle), [])

@@ -7,6 +7,9 @@ speed switches - and wraps any backbone (our VGG/AlexNet or a torchvision model)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from convrepro.data.contract import datamodule_of
 from convrepro.errors import ConfigError
 from convrepro.training import metrics
 from convrepro.training.evaluation import EvaluationProtocol
@@ -248,7 +252,7 @@ class ImageClassifier(LightningModule):
                 groups, lr=PAPER_LR, momentum=PAPER_MOMENTUM, weight_decay=PAPER_WEIGHT_DECAY
             )
         else:
-            optimizer = self.optimizer_factory(groups)
+            optimizer = _built("model.optimizer", self.optimizer_factory, groups)
         for group in optimizer.param_groups:
             group["lr"] *= group.pop("lr_scale", 1.0)
 
@@ -257,15 +261,40 @@ class ImageClassifier(LightningModule):
                 optimizer, mode="max", factor=0.1
             )
         else:
-            scheduler = self.lr_scheduler_factory(optimizer)
+            scheduler = _built("model.lr_scheduler", self.lr_scheduler_factory, optimizer)
         config: dict = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if scheduler.mode != "max":
                 raise ConfigError(
                     "ReduceLROnPlateau monitors val/acc, which should rise: set its mode: max"
                 )
+            self._check_validation_runs()
             config["monitor"] = metrics.VAL_ACC
         if isinstance(scheduler, WarmupCosineLR):
             scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
             config["interval"] = "step"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _check_validation_runs(self) -> None:
+        """A plateau schedule steps on val/acc: without validation, Lightning would fail only
+        at the end of the first epoch, having saved nothing."""
+        trainer = self._trainer  # None when optimisers are built outside a Trainer
+        datamodule = datamodule_of(trainer)
+        names = datamodule.sample_names("val") if datamodule is not None else None
+        if trainer is not None and (trainer.limit_val_batches == 0 or names == []):
+            raise ConfigError(
+                "model.lr_scheduler: ReduceLROnPlateau (also the default for null) steps on "
+                "val/acc, and this fit validates on nothing (data.val_size=0 or "
+                "trainer.limit_val_batches=0). Hold out validation images with data.val_size, "
+                "or pick a schedule that needs none, e.g. "
+                "--model.lr_scheduler=convrepro.training.WarmupCosineLR."
+            )
+
+
+def _built(setting: str, factory: Callable[[Any], Any], argument: Any) -> Any:
+    """``factory(argument)``; torch's own checks of hyperparameters (``Invalid learning rate:
+    -0.1``, ``Factor should be < 1.0``) raise ValueError, which is the setting's fault."""
+    try:
+        return factory(argument)
+    except ValueError as error:
+        raise ConfigError(f"{setting}: {error} (fix its init_args)") from error

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convrepro.errors import ConfigError
+
 
 class EvaluationProtocol(ABC):
     """How the test step turns a batch of images (N, 3, H, W) into class scores."""
@@ -72,7 +74,7 @@ class DenseEvaluation(EvaluationProtocol):
 
     def check(self, backbone: nn.Module) -> None:
         if not callable(getattr(backbone, "dense", None)):
-            raise ValueError(
+            raise ConfigError(
                 f"DenseEvaluation needs a backbone with a fully-convolutional form, .dense() "
                 f"(convrepro.models.VGG has one); {type(backbone).__name__} has none. Use "
                 "MultiCropEvaluation or TenCropEvaluation instead."
@@ -93,7 +95,7 @@ class _CropEvaluation(EvaluationProtocol):
 
     def __init__(self, crop_size: int, flip: bool, scales: Sequence[int] | None) -> None:
         if crop_size < 1:
-            raise ValueError(f"crop_size must be positive, got {crop_size}")
+            raise ConfigError(f"model.test_protocol: crop_size must be positive, got {crop_size}")
         self.crop_size = crop_size
         self.flip = flip
         self.scales = _check_scales(scales)
@@ -114,7 +116,7 @@ class _CropEvaluation(EvaluationProtocol):
     def _crops(self, images: Tensor) -> Iterator[Tensor]:
         height, width = images.shape[-2:]
         if min(height, width) < self.crop_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} cannot cut {self.crop_size} px crops from "
                 f"{height}x{width} images: give larger test images (data.test_scale) or a "
                 "larger test scale"
@@ -148,7 +150,7 @@ class MultiCropEvaluation(_CropEvaluation):
     ) -> None:
         super().__init__(crop_size, flip, scales)
         if grid < 1:
-            raise ValueError(f"grid must be at least 1, got {grid}")
+            raise ConfigError(f"model.test_protocol: grid must be at least 1, got {grid}")
         self.grid = grid
 
     def crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
@@ -189,7 +191,7 @@ class CombinedEvaluation(EvaluationProtocol):
 
     def __init__(self, protocols: Sequence[EvaluationProtocol]) -> None:
         if not protocols:
-            raise ValueError("CombinedEvaluation needs at least one protocol")
+            raise ConfigError("model.test_protocol: CombinedEvaluation needs at least one protocol")
         self.protocols = list(protocols)
 
     def check(self, backbone: nn.Module) -> None:
@@ -204,7 +206,10 @@ def _check_scales(scales: Sequence[int] | None) -> list[int] | None:
     if scales is None:
         return None
     if not scales or any(scale < 1 for scale in scales):
-        raise ValueError(f"test scales must be a non-empty list of positive sizes, got {scales}")
+        raise ConfigError(
+            "model.test_protocol: test scales must be a non-empty list of positive sizes, "
+            f"got {scales}"
+        )
     return list(scales)
 
 
@@ -214,7 +219,7 @@ def _rescaled(images: Tensor, scales: list[int] | None) -> Iterator[Tensor]:
     shorter = min(height, width)
     for scale in scales or [shorter]:
         if scale > shorter:
-            raise ValueError(
+            raise ConfigError(
                 f"test scale Q={scale} is larger than the test images ({height}x{width}): the "
                 f"datamodule must hand over images of shorter side >= {scale} (data.test_scale: "
                 "the largest Q), which are then rescaled on the device"
