@@ -1,42 +1,35 @@
-"""The ablation runner: ablation files, grid execution and resume, reports, the paper table.
+"""The ablation runner: checks before running, the local launcher and the one-run entry
+(resume, skip, retry), and status.
 
-Most tests swap the CLI for a stand-in script that honours the CLI's file contract (run folder,
-``history.csv``, ``summary.json``, ``last.ckpt``) in milliseconds; the one marked slow runs the
-real CLI with a tiny network, kills the grid mid-run and resumes it.
+Most tests swap each CLI step for a stand-in script that honours the CLI's file contract (run
+folder, ``history.csv``, ``summary.json``, ``last.ckpt``) in milliseconds, and run each grid
+point's ``one`` command in this process; configs and data are checked for real (a tiny network,
+made-up CIFAR-10). tests/test_ablate_resume.py runs the real CLI, kills a grid and resumes it.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import json
 import os
-import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 from scipy import stats as scipy_stats
+from test_ablate_spec import write_ablation_file
 
-from convrepro.ablate import runner
+from convrepro.ablate import local, point, slurm, status
 from convrepro.ablate.__main__ import main
-from convrepro.ablate.report import (
-    PUBLISHED,
-    RESULT_COLUMNS,
-    RunResult,
-    render_paper_comparison,
-    write_results_csv,
-)
-from convrepro.ablate.runner import Status, status_of
-from convrepro.ablate.spec import format_cli_value, load_spec
-from convrepro.errors import AblationError
+from convrepro.ablate.point import FAILURE_FILE, SETTINGS_FILE, Status, status_of
+from convrepro.ablate.results import RESULT_COLUMNS
+from convrepro.ablate.spec import load_spec
 from convrepro.runs import RunFolder
+from convrepro.testing import make_cifar10, skip_md5_checks
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # Stands in for `python -m convrepro`: writes what the CLI writes, no training. The test
@@ -79,33 +72,66 @@ summary_file.write_text(json.dumps(summary))
 """
 
 
+# A real config of a tiny network on made-up CIFAR-10 (DATA): the checks before a grid runs
+# parse it with the CLI's parser and open its data.
+TINY_BASE = """
+trainer:
+  max_epochs: 2
+  logger: false
+  accelerator: cpu
+  devices: 1
+  limit_val_batches: 1
+  limit_test_batches: 1
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks: [{class_path: tiny_backbone.HoldAtEpoch, init_args: {epoch: 1}}]
+model:
+  backbone: {class_path: tiny_backbone.TinyNet}
+  optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05}}
+data:
+  class_path: convrepro.data.CIFAR10DataModule
+  init_args: {data_dir: DATA, batch_size: 16, val_size: 32, num_workers: 0, download: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory) -> Path:
+    return make_cifar10(tmp_path_factory.mktemp("cifar"), n_train=96, n_test=32)
+
+
 @pytest.fixture
 def fake_cli(tmp_path, monkeypatch):
+    """Each CLI step runs FAKE_CLI; each point's `one` command runs in this process, with the
+    device the launcher gave it."""
     script = tmp_path / "fake_cli.py"
     script.write_text(FAKE_CLI)
-    monkeypatch.setattr(runner, "CLI_COMMAND", (sys.executable, str(script)))
+    device = threading.local()
+
+    def run_cli(args, log):
+        env = dict(os.environ)
+        if getattr(device, "id", None) is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device.id
+        with log.open("a") as handle:
+            command = [sys.executable, str(script), *args]
+            return subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=env
+            ).returncode
+
+    def run_command(command, on_device):
+        device.id = on_device
+        return main(command[len(point.ONE_COMMAND) - 1 :])  # `one ...`
+
+    monkeypatch.setattr(point, "run_cli", run_cli)
+    monkeypatch.setattr(local, "run_command", run_command)
+    skip_md5_checks(monkeypatch)  # the launcher opens the made-up data before running
     for variable in ("FAKE_FAIL", "FAKE_CRASH"):
         monkeypatch.delenv(variable, raising=False)
 
 
-def write_ablation(folder: Path, seeds=(0, 1), **changes) -> Path:
-    base = folder / "base.yaml"
-    base.write_text("trainer:\n  max_epochs: 1\n")
-    data = {
-        "name": "tiny_lrn",
-        "base": "base.yaml",
-        "seeds": list(seeds),
-        "baseline": "no-lrn",
-        "overrides": {"trainer.max_epochs": 2},
-        "arms": {
-            "no-lrn": {"model.backbone.init_args.lrn": False},
-            "lrn": {"model.backbone.init_args.lrn": True},
-        },
-        **changes,
-    }
-    path = folder / "ablation.src.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+def write_ablation(folder: Path, data_dir: Path | str = "data", **changes) -> Path:
+    """The default ablation file over a real tiny config on the data in ``data_dir``."""
+    return write_ablation_file(folder, TINY_BASE.replace("DATA", str(data_dir)), **changes)
 
 
 def commands_in(log: Path) -> list[str]:
@@ -123,101 +149,56 @@ def assert_png(path: Path) -> None:
         assert image.width > 300 and image.height > 200
 
 
-# -- the ablation file -------------------------------------------------------------------------
+# -- checks before anything runs --------------------------------------------------------------
 
 
-def test_ablation_file_becomes_runs_with_cli_arguments(tmp_path):
-    spec = load_spec(
-        write_ablation(tmp_path, overrides={"model.optimizer": {"class_path": "torch.optim.SGD"}})
-    )
-    assert spec.name == "tiny_lrn" and spec.base == (tmp_path / "base.yaml").resolve()
-    assert [run.id for run in spec.runs()] == [
-        "no-lrn-seed0",
-        "no-lrn-seed1",
-        "lrn-seed0",
-        "lrn-seed1",
-    ]
-    assert spec.runs()[3].cli_args() == [
-        "--seed_everything=1",
-        "--data.init_args.seed=1",
-        '--model.optimizer={"class_path": "torch.optim.SGD"}',
-        "--model.backbone.init_args.lrn=true",
-    ]
-    assert [format_cli_value(v) for v in ("A-LRN", 2, 0.5, None, [1, 2])] == [
-        "A-LRN",
-        "2",
-        "0.5",
-        "null",
-        "[1, 2]",
-    ]
+def test_misspelled_key_fails_before_any_run_dry_run_included(
+    tmp_path, cifar_dir, fake_cli, capsys
+):
+    typo = {"model.backbone.init_args.lrn": True, "model.backbone.init_args.lnr": True}
+    ablation = write_ablation(tmp_path, cifar_dir, arms={"no-lrn": {}, "lrn": typo})
+    out = tmp_path / "out"
+    for dry_run in ([], ["--dry-run"]):
+        assert main([str(ablation), "--out", str(out), *dry_run]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: arm 'lrn': model.backbone:") and "'lnr'" in error
+        assert error.count("\n") == 1
+    assert not out.exists()  # the first arm did not train its seeds first
 
 
-def test_arm_overrides_win_over_common_ones(tmp_path):
-    spec = load_spec(
-        write_ablation(
-            tmp_path, baseline=None, arms={"short": {}, "long": {"trainer.max_epochs": 9}}
-        )
-    )
-    assert [dict(run.overrides) for run in spec.runs()[::2]] == [
-        {"trainer.max_epochs": 2},
-        {"trainer.max_epochs": 9},
-    ]
-    assert spec.baseline == "short"  # no baseline given: the first arm
+def test_runs_that_never_started_take_the_new_settings(tmp_path, cifar_dir, fake_cli, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_FAIL", "lrn-seed0:fit,lrn-seed1:fit")  # fail before training
+    assert main([str(write_ablation(tmp_path, cifar_dir)), "--out", str(out)]) == 1
+    monkeypatch.delenv("FAKE_FAIL")
+    fixed = {"no-lrn": {"model.backbone.init_args.lrn": False}, "lrn": {"trainer.max_epochs": 3}}
+    assert main([str(write_ablation(tmp_path, cifar_dir, arms=fixed)), "--out", str(out)]) == 0
+    settings = json.loads((out / "runs/tiny_lrn/lrn-seed1" / SETTINGS_FILE).read_text())
+    assert "--trainer.max_epochs=3" in settings["args"]
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"base": "missing.yaml"}, "base config 'missing.yaml' not found"),
-        ({"arms": {}}, "`arms:` must map arm names"),
-        ({"seeds": []}, "non-empty list of integers"),
-        ({"seeds": [0, "1"]}, "non-empty list of integers"),
-        ({"seeds": [1, 1]}, "lists a seed twice"),
-        ({"baseline": "bn"}, "baseline 'bn' is not an arm"),
-        ({"arms": {"a/b": {}}}, "arm name 'a/b' names a folder"),
-        ({"seed": [0]}, "unknown key(s) seed"),
-        ({"overrides": {"seed_everything": 3}}, "which the runner sets"),
-        ({"overrides": {"--trainer.max_epochs": 3}}, "write keys without dashes"),
-        ({"overrides": ["trainer.max_epochs=3"]}, "must map dotted config keys"),
-    ],
-)
-def test_bad_ablation_files_say_what_to_fix(tmp_path, changes, message):
-    with pytest.raises(AblationError) as error:
-        load_spec(write_ablation(tmp_path, **changes))
-    assert message in str(error.value)
-
-
-def test_one_seed_warns_that_there_will_be_no_statistics(tmp_path):
-    with pytest.warns(UserWarning, match="no spread estimate"):
-        load_spec(write_ablation(tmp_path, seeds=[0]))
-
-
-@pytest.mark.parametrize("name", ["lrn_vgg_a_cifar", "lrn_alexnet_cifar", "depth_vgg_cifar"])
-def test_shipped_ablations_override_keys_their_base_config_has(name):
-    spec = load_spec(ROOT / "configs" / "ablations" / f"{name}.yaml")
-    assert spec.name == name and len(spec.seeds) >= 3 and len(spec.arms) >= 2
-    base = yaml.safe_load(spec.base.read_text())
-    for run in spec.runs():
-        for key in run.overrides:
-            node = base
-            for part in key.split("."):
-                assert isinstance(node, dict) and part in node, f"{name}: {key} not in base config"
-                node = node[part]
+def test_data_missing_for_every_run_stops_before_the_first(tmp_path, fake_cli, capsys):
+    out = tmp_path / "out"
+    assert main([str(write_ablation(tmp_path, tmp_path / "no-data")), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: data of every arm: CIFAR-10 is missing or incomplete in")
+    assert "nothing was run" in error and error.count("\n") == 1
+    assert not (out / "runs").exists()
 
 
 # -- running the grid --------------------------------------------------------------------------
 
 
 def test_runs_spread_over_the_visible_gpus(monkeypatch):
-    monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(local.torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert runner.visible_devices() == ["0", "1"]
+    assert local.visible_devices() == ["0", "1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # a scheduler's pick: keep its numbering
-    assert runner.visible_devices() == ["3", "5"]
+    assert local.visible_devices() == ["3", "5"]
 
 
-def test_grid_runs_every_run_in_parallel_and_reports(tmp_path, fake_cli, capsys):
-    ablation = write_ablation(tmp_path, seeds=(0, 1, 2))
+def test_grid_runs_every_run_in_parallel_and_reports(tmp_path, cifar_dir, fake_cli, capsys):
+    ablation = write_ablation(tmp_path, cifar_dir, seeds=(0, 1, 2))
     out = tmp_path / "out"
     assert main([str(ablation), "--out", str(out), "--devices", "0,1"]) == 0
 
@@ -237,9 +218,10 @@ def test_grid_runs_every_run_in_parallel_and_reports(tmp_path, fake_cli, capsys)
     assert "--seed_everything=1 --data.init_args.seed=1 --trainer.max_epochs=2" in fit
     assert test.endswith("--ckpt_path=best")
     devices = {
-        line.split("CUDA_VISIBLE_DEVICES=")[1].split()[0]
+        line.split("CUDA_VISIBLE_DEVICES = ")[1].strip()
         for log in out.glob("runs/tiny_lrn/*/log.txt")
-        for line in commands_in(log)
+        for line in log.read_text().splitlines()
+        if line.startswith("fake ")
     }
     assert devices == {"0", "1"}  # two runs at a time, one per device
 
@@ -258,9 +240,9 @@ def test_grid_runs_every_run_in_parallel_and_reports(tmp_path, fake_cli, capsys)
 
 
 def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
-    tmp_path, fake_cli, monkeypatch, capsys
+    tmp_path, cifar_dir, fake_cli, monkeypatch, capsys
 ):
-    ablation = write_ablation(tmp_path)
+    ablation = write_ablation(tmp_path, cifar_dir)
     out = tmp_path / "out"
     runs = out / "runs" / "tiny_lrn"
     monkeypatch.setenv("FAKE_FAIL", "no-lrn-seed1:fit,lrn-seed1:test")
@@ -270,6 +252,7 @@ def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
     for failed, step, code in (("no-lrn-seed1", "fit", 3), ("lrn-seed0", "fit", 1)):
         assert f"{failed}: {step} exited with {code}; see {runs / failed / 'log.txt'}" in printed
     assert "lrn-seed1: test exited with 3" in printed
+    assert "3 of 4 runs have no test result yet: no-lrn-seed1, lrn-seed0, lrn-seed1" in printed
     assert [
         status_of(RunFolder(runs / r)) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")
     ] == [
@@ -302,166 +285,102 @@ def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
     assert len(retried) == 3 and "--ckpt_path" not in retried[1]  # failed fit, fresh fit, test
     assert len(commands_in(runs / "lrn-seed1" / "log.txt")) == 3  # fit, failed test, test
     assert len(read_csv(out / "results.csv")) == 4
+    assert not list(runs.glob(f"*/{FAILURE_FILE}"))  # every point's last attempt succeeded
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, fake_cli, capsys):
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cifar_dir, fake_cli, capsys):
     out = tmp_path / "out"
-    assert main([str(write_ablation(tmp_path)), "--out", str(out), "--dry-run"]) == 0
+    assert main([str(write_ablation(tmp_path, cifar_dir)), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "0 of 4 runs done, 4 to go" in printed
-    assert "[new] lrn-seed1" in printed and "--run.id=lrn-seed1" in printed
+    assert "[new] lrn-seed1: " in printed and " one " in printed and "--arm=lrn --seed=1" in printed
+    assert "--run.id=lrn-seed1" in printed
     assert not out.exists()
 
 
-def test_changed_settings_are_refused_before_anything_runs(tmp_path, fake_cli, monkeypatch, capsys):
+def test_changed_settings_are_refused_before_anything_runs(
+    tmp_path, cifar_dir, fake_cli, monkeypatch, capsys
+):
     out = tmp_path / "out"
-    ablation = write_ablation(tmp_path)
+    ablation = write_ablation(tmp_path, cifar_dir)
     monkeypatch.setenv("FAKE_FAIL", "lrn-seed1:fit")
     assert main([str(ablation), "--out", str(out)]) == 1
     monkeypatch.delenv("FAKE_FAIL")
-    changed = write_ablation(tmp_path, overrides={"trainer.max_epochs": 3})
+    changed = write_ablation(tmp_path, cifar_dir, overrides={"trainer.max_epochs": 3})
     assert main([str(changed), "--out", str(out)]) == 2
     error = capsys.readouterr().err
-    assert "were started with other settings" in error and "lrn-seed0" in error
+    assert "3 run(s) under" in error and "were started with other settings" in error
+    assert "tiny_lrn/lrn-seed0" in error and "tiny_lrn/lrn-seed1" not in error  # never trained
     assert len(commands_in(out / "runs" / "tiny_lrn" / "lrn-seed1" / "log.txt")) == 1
 
 
-def test_report_command_rerenders_without_training(tmp_path, fake_cli, capsys):
-    out = tmp_path / "out"
-    assert main([str(write_ablation(tmp_path)), "--out", str(out)]) == 0
-    results = (out / "results.csv").read_text()
-    for name in ("results.csv", "summary.md", "val_acc_curves.png", "test_acc.png"):
-        (out / name).unlink()
-    (tmp_path / "fake_cli.py").unlink()  # nothing may run
-    assert main(["report", str(out)]) == 0
-    assert (out / "results.csv").read_text() == results
-    assert "## Difference from `no-lrn`" in (out / "summary.md").read_text()
-    assert_png(out / "test_acc.png")
-    assert main(["report", str(tmp_path)]) == 2
-    assert "is not an ablation output folder" in capsys.readouterr().err
+def test_one_runs_a_single_point_and_names_unknown_ones(tmp_path, cifar_dir, fake_cli, capsys):
+    ablation, out = write_ablation(tmp_path, cifar_dir), tmp_path / "out"
+    assert main(["one", str(ablation), "--arm", "lrn", "--seed", "1", "--out", str(out)]) == 0
+    assert [p.name for p in (out / "runs" / "tiny_lrn").iterdir()] == ["lrn-seed1"]
+    assert RunFolder(out / "runs/tiny_lrn/lrn-seed1").read_summary().test_acc == pytest.approx(0.83)
+    assert main(["one", str(ablation), "--arm", "lrn", "--seed", "1", "--out", str(out)]) == 0
+    assert "lrn-seed1: done already" in capsys.readouterr().out
+    assert main(["one", str(ablation), "--arm", "bn", "--seed", "1"]) == 2
+    assert "has no run 'bn' with seed 1: arms no-lrn, lrn, seeds 0, 1" in capsys.readouterr().err
 
 
-# -- the paper table ---------------------------------------------------------------------------
-
-
-def test_paper_comparison_puts_published_numbers_next_to_ours(tmp_path):
-    folder = tmp_path / "lrn_vgg_a_cifar"
-    folder.mkdir()
-    results = [
-        RunResult(arm, seed, 0.9, acc, 0.995, 2, 10.0, "")
-        for arm, accs in (("A", (0.91, 0.92, 0.93)), ("A-LRN", (0.90, 0.91, 0.92)))
-        for seed, acc in enumerate(accs)
-    ]
-    write_results_csv(results, folder / "results.csv")
-    table = render_paper_comparison([folder / "results.csv"])
-    assert "| lrn_vgg_a_cifar | A | 3 | 8.00 ± 1.00 | 0.50 ± 0.00 | baseline |" in table
-    welch = scipy_stats.ttest_ind([10, 9, 8], [9, 8, 7], equal_var=False)
-    low, high = welch.confidence_interval()
-    assert f"| A-LRN | 3 | 9.00 ± 1.00 | 0.50 ± 0.00 | +1.00 [{low:+.2f}, {high:+.2f}] |" in table
-    assert "VGG A-LRN, ImageNet: 29.70 / 10.50 [1]" in table  # Table 3
-    assert "vgg11_bn, CIFAR-10: 7.21 / 0.28 [4]" in table  # chenyaofo's, for A
-    assert all(f"| {p.model} | {p.dataset} |" in table for p in PUBLISHED)
-    assert "1. Simonyan & Zisserman" in table and "S=256" in table
-
-
-def test_compare_command_reads_ablation_folders(tmp_path, fake_cli, capsys):
-    out = tmp_path / "out"
-    assert main([str(write_ablation(tmp_path)), "--out", str(out)]) == 0
+def test_status_shows_each_point_and_fails_while_one_failed(
+    tmp_path, cifar_dir, fake_cli, monkeypatch, capsys
+):
+    ablation, out = write_ablation(tmp_path, cifar_dir), tmp_path / "out"
+    monkeypatch.setenv("FAKE_FAIL", "no-lrn-seed1:fit")
+    monkeypatch.setenv("FAKE_CRASH", "lrn-seed0")
+    for seed, arm in ((0, "no-lrn"), (1, "no-lrn"), (0, "lrn")):
+        main(["one", str(ablation), f"--arm={arm}", f"--seed={seed}", f"--out={out}"])
     capsys.readouterr()
-    assert main(["compare", str(out), "--output", str(tmp_path / "table.md")]) == 0
-    table = (tmp_path / "table.md").read_text()
-    assert "| tiny_lrn | no-lrn | 2 | 19.50 ± 0.71 |" in table  # name from its ablation.yaml
-    assert main(["compare", str(tmp_path / "nowhere.csv")]) == 2
-    assert "no such file" in capsys.readouterr().err
-
-
-# -- the real CLI, killed and resumed ----------------------------------------------------------
-
-TINY_BASE = """
-trainer:
-  max_epochs: 2
-  logger: false
-  accelerator: cpu
-  devices: 1
-  limit_val_batches: 1
-  limit_test_batches: 1
-  num_sanity_val_steps: 0
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks: [{class_path: tiny_backbone.HoldAtEpoch, init_args: {epoch: 1}}]
-model:
-  backbone: {class_path: tiny_backbone.TinyNet}
-  optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05}}
-data:
-  class_path: convrepro.data.CIFAR10DataModule
-  init_args: {data_dir: DATA, batch_size: 16, val_size: 32, num_workers: 0, download: false}
-"""
-
-# torchvision checks CIFAR-10's md5 sums; made-up files need the check skipped in every process.
-SITECUSTOMIZE = """
-import pytest
-from datasets import skip_md5_checks
-
-skip_md5_checks(pytest.MonkeyPatch())
-"""
-
-
-@pytest.mark.slow
-def test_killed_grid_resumes_with_the_real_cli(tmp_path, monkeypatch):
-    from datasets import make_cifar10
-
-    make_cifar10(tmp_path / "data", n_train=96, n_test=32)
-    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (tmp_path / "tiny.yaml").write_text(TINY_BASE.replace("DATA", str(tmp_path / "data")))
-    ablation = write_ablation(
-        tmp_path,
-        base="tiny.yaml",
-        overrides={"trainer.limit_train_batches": 2},
-    )
-    out = tmp_path / "out"
-    runs = out / "runs" / "tiny_lrn"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(TESTS)]))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    marker = tmp_path / "held"
-    held = "lrn-seed1"  # the last run: the first three are finished when it is held
-
-    grid_log = tmp_path / "grid.log"
-    command = [sys.executable, "-m", "convrepro.ablate", str(ablation), f"--out={out}"]
-    with grid_log.open("w") as log:
-        grid = subprocess.Popen(
-            [*command, "--devices=0,1"],
-            env={**os.environ, "TINY_HOLD_RUN": held, "TINY_HOLD_MARKER": str(marker)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        others = [RunFolder(runs / r) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")]
-        while not (marker.exists() and all(status_of(r) is Status.DONE for r in others)):
-            assert grid.poll() is None, grid_log.read_text()
-            assert time.monotonic() < deadline, "the grid did not reach the held run"
-            time.sleep(0.2)
-    finally:
-        os.killpg(grid.pid, signal.SIGKILL)  # the runner and every run it started
-        grid.wait()
-    assert status_of(RunFolder(runs / held)) is Status.PARTIAL
-    before = {r: (r / "summary.json").stat().st_mtime_ns for r in others}
-
+    assert main(["status", str(ablation), "--out", str(out)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    log = out / "runs" / "tiny_lrn" / "no-lrn-seed1" / "log.txt"
+    assert [line.split()[:2] for line in lines[:4]] == [
+        ["no-lrn-seed0", "done"],
+        ["no-lrn-seed1", "failed"],
+        ["lrn-seed0", "failed"],  # died (exit 1) after saving a checkpoint
+        ["lrn-seed1", "not"],
+    ]
+    assert lines[0].endswith("test acc 0.8000")
+    assert lines[1].endswith(f"no-lrn-seed1: fit exited with 3; see {log}")
+    assert lines[4] == "tiny_lrn: 1 done, 2 failed, 1 not started"
+    monkeypatch.delenv("FAKE_FAIL")
+    monkeypatch.delenv("FAKE_CRASH")
     assert main([str(ablation), "--out", str(out)]) == 0
+    assert main(["status", str(out)]) == 0  # the output folder works as well
+    assert capsys.readouterr().out.splitlines()[-1] == "tiny_lrn: 4 done"
 
-    assert {r: (r / "summary.json").stat().st_mtime_ns for r in others} == before
-    assert all(len(commands_in(r / "log.txt")) == 2 for r in others)  # fit + test, once
-    fresh, resumed, tested = commands_in(runs / held / "log.txt")
-    assert "--ckpt_path" not in fresh
-    assert resumed.endswith("--ckpt_path=last") and tested.endswith("--ckpt_path=best")
-    log = (runs / held / "log.txt").read_text()
-    assert "Restoring states from the checkpoint path at" in log
-    assert [row["epoch"] for row in read_csv(runs / held / "history.csv")] == ["0", "1"]
-    rows = read_csv(out / "results.csv")
-    assert len(rows) == 4 and all(0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
-    assert all(not math.isnan(float(r["best_val_acc"])) for r in rows)
-    summary = (out / "summary.md").read_text()
-    assert " ± " in summary and "95% CI" in summary and "Welch p" in summary
-    for plot in ("val_acc_curves.png", "test_acc.png"):
-        assert_png(out / plot)
+
+def test_status_reads_the_scheduler_and_the_run_folders(tmp_path, monkeypatch, capsys):
+    ablation, out = write_ablation_file(tmp_path), tmp_path / "out"
+    spec = load_spec(ablation)
+    jobs = {run.id: f"7_{task}" for task, run in enumerate(spec.runs())}
+    logs = {run_id: str(out / "slurm" / f"{job}_0_log.out") for run_id, job in jobs.items()}
+    (out / "slurm").mkdir(parents=True)
+    points = {r: {"job_id": j, "scheduler_log": logs[r]} for r, j in jobs.items()}
+    (out / "slurm" / slurm.JOBS_FILE).write_text(json.dumps(points))
+    requeued = spec.run_folder(out, spec.run("no-lrn", 1))
+    requeued.checkpoints.mkdir(parents=True)
+    requeued.interrupt_checkpoint.write_bytes(b"")
+    requeued.log.write_text("")
+    states = {
+        "7_0": slurm.SchedulerState("RUNNING", "None"),
+        "7_1": slurm.SchedulerState("PENDING", "BeginTime"),  # it ran before: requeued
+        "7_2": slurm.SchedulerState("PENDING", "Priority"),
+        "7_3": slurm.SchedulerState("FAILED", "NonZeroExitCode"),  # the run never started
+    }
+    monkeypatch.setattr(status, "scheduler_states", lambda job_ids: states)
+    assert main(["status", str(ablation), f"--out={out}"]) == 1
+    lines = [line.split(maxsplit=2) for line in capsys.readouterr().out.splitlines()]
+    assert lines[:4] == [
+        ["no-lrn-seed0", "running", f"job 7_0; log {spec.run_folder(out, spec.runs()[0]).log}"],
+        [
+            "no-lrn-seed1",
+            "preempted/requeued",
+            f"job 7_1 pending; resumes from {requeued.interrupt_checkpoint}",
+        ],
+        ["lrn-seed0", "queued", "job 7_2 (Priority)"],
+        ["lrn-seed1", "failed", f"job 7_3 ended before the run started; see {logs['lrn-seed1']}"],
+    ]

@@ -1,24 +1,35 @@
 """Ablations: arms x seeds of one base config, run through the CLI, summarised with statistics.
 
 ``python -m convrepro.ablate configs/ablations/lrn_vgg_a_cifar.yaml`` runs (or resumes) the grid
-and writes ``results.csv``, ``summary.md`` and plots; see :mod:`convrepro.ablate.__main__`.
+here, ``--launcher slurm`` submits it; see :mod:`convrepro.ablate.__main__`.
+
+The names below are loaded on first use: a SLURM task imports this package to unpickle its job
+(:mod:`~convrepro.ablate.slurm_job`) and must not wait for torch, SciPy and matplotlib first.
 """
 
-from convrepro.ablate.report import PUBLISHED, render_paper_comparison, write_report
-from convrepro.ablate.runner import Failure, Status, run_grid, status_of
-from convrepro.ablate.spec import AblationSpec, Run, load_spec
-from convrepro.errors import AblationError
+import importlib
+from typing import Any
 
-__all__ = [
-    "PUBLISHED",
-    "AblationError",
-    "AblationSpec",
-    "Failure",
-    "Run",
-    "Status",
-    "load_spec",
-    "render_paper_comparison",
-    "run_grid",
-    "status_of",
-    "write_report",
-]
+_EXPORTS = {
+    "PUBLISHED": "report",
+    "render_paper_comparison": "report",
+    "write_report": "report",
+    "run_grid": "local",
+    "Failure": "point",
+    "Status": "point",
+    "run_point": "point",
+    "status_of": "point",
+    "AblationSpec": "spec",
+    "Run": "spec",
+    "load_spec": "spec",
+    "AblationError": "spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

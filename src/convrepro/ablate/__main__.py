@@ -1,12 +1,21 @@
 """Command line of the ablation runner.
 
     python -m convrepro.ablate ABLATION.yaml [--out DIR] [--devices 0,1] [--dry-run]
-    python -m convrepro.ablate report OUT_DIR
+    python -m convrepro.ablate ABLATION.yaml --launcher slurm [--partition P --time 4:00:00 ...]
+    python -m convrepro.ablate one ABLATION.yaml --arm A --seed 0 [--out DIR]
+    python -m convrepro.ablate status ABLATION.yaml|OUT_DIR
+    python -m convrepro.ablate sweep ABLATION.yaml [--project P]
+    python -m convrepro.ablate report ABLATION.yaml|OUT_DIR [--wandb ENTITY/PROJECT]
     python -m convrepro.ablate compare RESULTS.csv|OUT_DIR [...] [--output FILE]
 
-The first runs (or resumes) every arm x seed and writes the report into ``--out`` (default
-``runs/ablations/<name>``); ``report`` re-renders it from the run folders without training;
-``compare`` puts the results of one or more ablations next to published numbers.
+The first runs (or resumes) every arm x seed here and writes the report into ``--out`` (default
+``runs/ablations/<name>``), or submits the unfinished points to SLURM and returns; ``one`` runs
+a single grid point (what every launcher runs); ``status`` shows every point's state; ``sweep``
+writes a W&B sweep of the grid; ``report`` re-renders the report from the run folders (or from a
+W&B group) without training; ``compare`` puts results next to published numbers.
+
+Each command imports what it needs when it runs: ``one`` starts once per grid point and should
+not wait for the plotting and statistics libraries.
 """
 
 from __future__ import annotations
@@ -16,9 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from convrepro.ablate.report import RESULTS_FILE, render_paper_comparison, write_report
-from convrepro.ablate.runner import run_grid
-from convrepro.ablate.spec import SPEC_FILE, default_out, load_spec
+from convrepro.ablate.slurm_options import add_override_arguments, overrides_from_args
+from convrepro.ablate.spec import SPEC_FILE, AblationSpec, default_out, load_spec
 from convrepro.errors import AblationError, UserError
 
 PROG = "python -m convrepro.ablate"
@@ -27,7 +35,13 @@ PROG = "python -m convrepro.ablate"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process arguments); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"report": _report, "compare": _compare}
+    commands = {
+        "one": _one,
+        "status": _status,
+        "sweep": _sweep,
+        "report": _report,
+        "compare": _compare,
+    }
     command = commands.get(argv[0]) if argv else None
     try:
         return command(argv[1:]) if command else _run(argv)
@@ -40,25 +54,37 @@ def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Run every arm x seed of an ablation (resuming unfinished runs), then write "
-        "results.csv, summary.md and plots. Other commands: `report OUT_DIR`, "
-        "`compare RESULTS.csv ...`.",
+        "results.csv, summary.md and plots; or submit them to SLURM. Other commands: `one`, "
+        "`status`, `sweep`, `report`, `compare` (each with --help).",
     )
     parser.add_argument("ablation", type=Path, help="the ablation file (configs/ablations/*.yaml)")
     parser.add_argument("--out", type=Path, help="output folder; default runs/ablations/<name>")
     parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: run here (default); slurm: submit one job array and return",
+    )
+    parser.add_argument(
         "--devices",
         type=_device_list,
-        help="comma-separated CUDA_VISIBLE_DEVICES values, one run at a time on each "
+        help="local: comma-separated CUDA_VISIBLE_DEVICES values, one run at a time on each "
         "(default: every visible GPU when there are several)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the configs, print the plan, run nothing"
+    )
+    add_override_arguments(parser)
     args = parser.parse_args(argv)
     spec = load_spec(args.ablation)
     out = args.out or default_out(spec.name)
+    if args.launcher == "slurm":
+        return _submit(spec, out, args)
+    from convrepro.ablate.local import run_grid
+
     failures = run_grid(spec, out, args.devices, args.dry_run)
     if not args.dry_run:
-        for path in write_report(spec, out):
-            print(f"wrote {path}")
+        _write_report(spec, out)
     if failures:
         print(f"{len(failures)} run(s) failed; rerun the same command to retry them:")
         for failure in failures:
@@ -66,20 +92,113 @@ def _run(argv: list[str]) -> int:
     return 1 if failures else 0
 
 
+def _submit(spec: AblationSpec, out: Path, args: argparse.Namespace) -> int:
+    from convrepro.ablate.slurm import submit_grid
+
+    options = spec.slurm.with_overrides(overrides_from_args(args))
+    array = submit_grid(spec, out, options, args.dry_run)
+    if array is not None:
+        where = f" to partition {options.partition}" if options.partition else ""
+        print(
+            f"submitted job array {array}{where}\n"
+            f"  watch:  {PROG} status {out}   (or squeue -j {array})\n"
+            f"  logs:   {out}/runs/{spec.name}/<arm>-seed<N>/log.txt, scheduler logs in "
+            f"{out}/slurm/\n"
+            f"  report: {PROG} report {out}   (any time; it lists the points still missing)"
+        )
+    return 0
+
+
+def _one(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} one",
+        description="Run one grid point: fit (resumed from its checkpoint if it has one), then "
+        "test --ckpt_path best, in the grid's run folder. Every launcher runs this.",
+    )
+    parser.add_argument("ablation", type=Path, help="the ablation file")
+    parser.add_argument("--arm", required=True, help="the arm")
+    parser.add_argument("--seed", required=True, type=int, help="the seed")
+    parser.add_argument("--out", type=Path, help="output folder; default runs/ablations/<name>")
+    parser.add_argument(
+        "--devices-per-node",
+        type=int,
+        help="processes per node of a multi-process (DDP) run: --trainer.devices",
+    )
+    parser.add_argument("--num-nodes", type=int, help="nodes of a multi-process run")
+    args = parser.parse_args(argv)
+    from convrepro.ablate.point import run_point
+
+    spec = load_spec(args.ablation)
+    out = args.out or default_out(spec.name)
+    launch = []
+    if args.devices_per_node is not None:
+        launch.append(f"--trainer.devices={args.devices_per_node}")
+    if args.num_nodes is not None:
+        launch.append(f"--trainer.num_nodes={args.num_nodes}")
+    failure = run_point(spec, out, spec.run(args.arm, args.seed), launch)
+    return failure.returncode if failure else 0
+
+
+def _status(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} status",
+        description="Show every grid point as done, running, queued, preempted/requeued, "
+        "interrupted, failed (with its log) or not started. Exit status 1 while any failed.",
+    )
+    _add_source_arguments(parser)
+    args = parser.parse_args(argv)
+    from convrepro.ablate.status import PointState, grid_status, render_status
+
+    spec, out = _spec_and_out(args.source, args.out)
+    statuses, problem = grid_status(spec, out)
+    print(render_status(spec, statuses, problem))
+    return 1 if any(s.state is PointState.FAILED for s in statuses) else 0
+
+
+def _sweep(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} sweep",
+        description="Write a W&B sweep (grid over arm x seed) whose agents run `one`.",
+    )
+    parser.add_argument("ablation", type=Path, help="the ablation file")
+    parser.add_argument(
+        "--out", type=Path, help="the points' output folder; default runs/ablations/<name>"
+    )
+    parser.add_argument("--output", type=Path, help="sweep config file; default <out>/sweep.yaml")
+    parser.add_argument("--project", default="convrepro", help="W&B project of the sweep")
+    args = parser.parse_args(argv)
+    from convrepro.ablate import preflight
+    from convrepro.ablate.sweep import SWEEP_FILE, how_to_run, write_sweep
+
+    spec = load_spec(args.ablation)
+    out = args.out or default_out(spec.name)
+    preflight.parse_every_arm(spec, out)  # the agents' machines have the data, maybe not this one
+    path = write_sweep(spec, args.ablation, out, args.output or out / SWEEP_FILE)
+    print(how_to_run(spec, args.ablation, path, args.project))
+    return 0
+
+
 def _report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} report", description="Re-render an ablation's report from its run folders."
+        prog=f"{PROG} report",
+        description="Re-render an ablation's report (results.csv, summary.md, plots) from its "
+        "run folders, or from the runs of its W&B group.",
     )
-    parser.add_argument("out", type=Path, help="the ablation's output folder")
+    _add_source_arguments(parser)
+    parser.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT",
+        help="read the runs of the ablation's W&B group instead (into --out, default "
+        "runs/ablations/<name>-wandb)",
+    )
     args = parser.parse_args(argv)
-    spec_file = args.out / SPEC_FILE
-    if not spec_file.is_file():
-        raise AblationError(
-            f"{spec_file} not found: {args.out} is not an ablation output folder; run the "
-            f"ablation first ({PROG} ABLATION.yaml --out {args.out})"
-        )
-    for path in write_report(load_spec(spec_file, need_base=False), args.out):
-        print(f"wrote {path}")
+    if args.wandb:
+        spec = _spec_and_out(args.source, None)[0]
+        out = args.out or default_out(f"{spec.name}-wandb")
+        _copy_wandb_group(spec, args.wandb, out)
+    else:
+        spec, out = _spec_and_out(args.source, args.out)
+    _write_report(spec, out)
     return 0
 
 
@@ -93,6 +212,8 @@ def _compare(argv: list[str]) -> int:
     )
     parser.add_argument("--output", type=Path, help="write the table here instead of stdout")
     args = parser.parse_args(argv)
+    from convrepro.ablate.report import RESULTS_FILE, render_paper_comparison
+
     files = [path / RESULTS_FILE if path.is_dir() else path for path in args.results]
     table = render_paper_comparison(files)
     if args.output:
@@ -101,6 +222,53 @@ def _compare(argv: list[str]) -> int:
     else:
         print(table)
     return 0
+
+
+def _write_report(spec: AblationSpec, out: Path) -> None:
+    from convrepro.ablate.report import collect_results, write_report
+
+    for path in write_report(spec, out):
+        print(f"wrote {path}")
+    missing = collect_results(spec, out)[1]
+    if missing:
+        total = len(spec.runs())
+        print(f"{len(missing)} of {total} runs have no test result yet: {', '.join(missing)}")
+
+
+def _copy_wandb_group(spec: AblationSpec, project: str, out: Path) -> None:
+    """The runs of the ablation's W&B group as run folders under ``out``, for the report."""
+    import wandb
+
+    from convrepro.explore.wandb import download_wandb_group
+
+    try:
+        download_wandb_group(project, spec.name, out, baseline=spec.baseline)
+    except (ValueError, wandb.errors.Error) as error:
+        raise AblationError(f"W&B group {spec.name!r} of {project}: {error}") from error
+    (out / SPEC_FILE).write_text(spec.to_yaml())  # the file's arms and seeds: missing ones show
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", type=Path, help="the ablation file, or the ablation's output folder"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="with an ablation file: its output folder, if not the default"
+    )
+
+
+def _spec_and_out(source: Path, out: Path | None) -> tuple[AblationSpec, Path]:
+    """The ablation and its output folder, from an ablation file or from an output folder."""
+    if source.is_dir():
+        spec_file = source / SPEC_FILE
+        if not spec_file.is_file():
+            raise AblationError(
+                f"{spec_file} not found: {source} is not an ablation output folder; run the "
+                f"ablation first ({PROG} ABLATION.yaml --out {source})"
+            )
+        return load_spec(spec_file, need_base=False), source
+    spec = load_spec(source, need_base=False)
+    return spec, out or default_out(spec.name)
 
 
 def _device_list(value: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""What an ablation produces: ``results.csv``, ``summary.md``, two plots, and the paper table.
+"""What an ablation produces: ``results.csv`` (:mod:`~convrepro.ablate.results`), ``summary.md``,
+two plots (:mod:`~convrepro.ablate.plots`), and the paper table.
 
 Everything here reads finished run folders (``summary.json``, ``history.csv``), so a report can
 be re-rendered at any time without training. Accuracies are fractions in the run files and
@@ -7,112 +8,40 @@ percentages in everything written for people.
 
 from __future__ import annotations
 
-import csv
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from convrepro.ablate import stats
+from convrepro.ablate.plots import plot_test_accuracy, plot_val_curves
+from convrepro.ablate.results import (
+    RESULTS_FILE,
+    RunResult,
+    collect_results,
+    read_results_csv,
+    test_percent_by_arm,
+    write_results_csv,
+)
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, format_cli_value, load_spec
 from convrepro.errors import AblationError
-from convrepro.runs.folder import RunFolder
-from convrepro.training import metrics
+from convrepro.runs.provenance import compare_provenance
 
-RESULTS_FILE = "results.csv"
 REPORT_FILE = "summary.md"
 CURVES_PLOT = "val_acc_curves.png"
 TEST_PLOT = "test_acc.png"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """One finished run: a row of ``results.csv`` (accuracies as fractions)."""
-
-    arm: str
-    seed: int
-    best_val_acc: float
-    test_acc: float
-    test_acc_top5: float
-    epochs: int
-    wall_time_s: float  # fit time summed over resumes, from the run's summary.json
-    checkpoint: str
-
-
-RESULT_COLUMNS = tuple(f.name for f in fields(RunResult))
-
-
-def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], list[str]]:
-    """The finished runs of ``spec`` under ``out``, and the ids of those without a test result."""
-    results, missing = [], []
-    for run in spec.runs():
-        summary = spec.run_folder(out, run).read_summary()
-        if summary.test_acc is None:
-            missing.append(run.id)
-            continue
-        results.append(
-            RunResult(
-                arm=run.arm,
-                seed=run.seed,
-                best_val_acc=_or_nan(summary.best_val_acc),
-                test_acc=summary.test_acc,
-                test_acc_top5=_or_nan(summary.test_acc_top5),
-                epochs=summary.epochs or 0,
-                wall_time_s=round(_or_nan(summary.fit_seconds), 1),
-                checkpoint=summary.best_checkpoint or "",
-            )
-        )
-    return results, missing
-
-
-def _or_nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def write_results_csv(results: Iterable[RunResult], path: Path) -> None:
-    """``results.csv``: one row per finished run."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(RESULT_COLUMNS)
-        writer.writerows(astuple(result) for result in results)
-
-
-def read_results_csv(path: Path) -> list[RunResult]:
-    """Rows of a ``results.csv`` written by :func:`write_results_csv`."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = [c for c in RESULT_COLUMNS if rows and c not in rows[0]]
-    if not rows or missing:
-        raise AblationError(
-            f"{path} is not an ablation results.csv (needs columns {', '.join(RESULT_COLUMNS)}"
-            f"{'; missing ' + ', '.join(missing) if missing else '; it has no rows'})"
-        )
-    return [
-        RunResult(
-            arm=row["arm"],
-            seed=int(row["seed"]),
-            best_val_acc=float(row["best_val_acc"]),
-            test_acc=float(row["test_acc"]),
-            test_acc_top5=float(row["test_acc_top5"]),
-            epochs=int(row["epochs"]),
-            wall_time_s=float(row["wall_time_s"]),
-            checkpoint=row["checkpoint"],
-        )
-        for row in rows
-    ]
 
 
 def write_report(spec: AblationSpec, out: Path) -> list[Path]:
     """Write ``results.csv``, ``summary.md`` and both plots into ``out``; returns their paths."""
     results, missing = collect_results(spec, out)
     write_results_csv(results, out / RESULTS_FILE)
-    (out / REPORT_FILE).write_text(render_summary(spec, results, missing))
+    # Provenance: do all runs share one code version and data fingerprint? (runs/provenance.py)
+    provenance = compare_provenance([spec.run_folder(out, run) for run in spec.runs()])
+    (out / REPORT_FILE).write_text(
+        render_summary(spec, results, missing) + "\n".join(["", *provenance, ""])
+    )
     plot_val_curves(spec, out, out / CURVES_PLOT)
     plot_test_accuracy(spec, results, out / TEST_PLOT)
     return [out / name for name in (RESULTS_FILE, REPORT_FILE, CURVES_PLOT, TEST_PLOT)]
@@ -121,19 +50,9 @@ def write_report(spec: AblationSpec, out: Path) -> list[Path]:
 # -- summary.md ------------------------------------------------------------------------------
 
 
-def _test_percent_by_arm(
-    results: Iterable[RunResult], arms: Iterable[str]
-) -> dict[str, dict[int, float]]:
-    """Test accuracy in percent, ``{arm: {seed: value}}``: the given arms first, in order."""
-    by_arm: dict[str, dict[int, float]] = {arm: {} for arm in arms}
-    for result in results:
-        by_arm.setdefault(result.arm, {})[result.seed] = 100 * result.test_acc
-    return by_arm
-
-
 def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Sequence[str]) -> str:
     """The markdown report: per-arm statistics, comparisons with the baseline, plots."""
-    by_arm = _test_percent_by_arm(results, spec.arms)
+    by_arm = test_percent_by_arm(results, spec.arms)
     lines = [
         f"# Ablation `{spec.name}`",
         "",
@@ -248,74 +167,6 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-# -- plots -----------------------------------------------------------------------------------
-
-
-def read_val_history(run: RunFolder) -> dict[int, float]:
-    """``{epoch: val/acc}`` of a run; for an epoch logged twice (a resume redid it), the last."""
-    return {
-        int(row["epoch"]): float(row[metrics.VAL_ACC])
-        for row in run.read_history()
-        if row.get(metrics.VAL_ACC) not in (None, "")
-    }
-
-
-def plot_val_curves(spec: AblationSpec, out: Path, path: Path) -> None:
-    """Validation accuracy per epoch: each arm's mean over seeds, shaded from min to max."""
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = figure.subplots()
-    curves: dict[str, list[dict[int, float]]] = defaultdict(list)
-    for run in spec.runs():
-        history = read_val_history(spec.run_folder(out, run))
-        if history:
-            curves[run.arm].append(history)
-    for arm, histories in curves.items():
-        epochs = sorted(set().union(*histories))
-        values = [[100 * h[e] for h in histories if e in h] for e in epochs]
-        x = np.array(epochs) + 1
-        line = axes.plot(x, [np.mean(v) for v in values], label=f"{arm} ({len(histories)} runs)")
-        low, high = [min(v) for v in values], [max(v) for v in values]
-        axes.fill_between(x, low, high, alpha=0.2, color=line[0].get_color(), linewidth=0)
-    if curves:
-        axes.legend()
-    else:
-        axes.text(0.5, 0.5, "no validation history yet", ha="center", transform=axes.transAxes)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set(
-        xlabel="epoch",
-        ylabel="validation accuracy (%)",
-        title=f"{spec.name}: mean over seeds, band = min to max",
-    )
-    axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=120)
-
-
-def plot_test_accuracy(spec: AblationSpec, results: Sequence[RunResult], path: Path) -> None:
-    """Final test accuracy per arm: every seed as a dot, mean with its 95% t-interval."""
-    figure = Figure(figsize=(max(4.0, 1.2 * len(spec.arms) + 2), 4.5), layout="constrained")
-    axes = figure.subplots()
-    by_arm = _test_percent_by_arm(results, spec.arms)
-    for position, values in enumerate(by_arm.values()):
-        if not values:
-            continue
-        seeds = np.array(list(values.values()))
-        # Seeds spread sideways so equal values stay visible; a fixed pattern keeps plots stable.
-        offsets = np.linspace(-0.12, 0.12, seeds.size) if seeds.size > 1 else np.zeros(1)
-        axes.scatter(position + offsets, seeds, s=18, color="0.45", zorder=3)
-        summary = stats.summarize(seeds)
-        half_width = summary.mean - summary.ci_low if summary.n > 1 else 0.0
-        axes.errorbar(
-            position + 0.3, summary.mean, yerr=half_width, fmt="o", color="C0", capsize=5, zorder=4
-        )
-    axes.set_xticks(range(len(by_arm)), list(by_arm))
-    axes.set(
-        ylabel="test accuracy (%)",
-        title=f"{spec.name}: seeds (grey), mean ± 95% CI (blue)",
-    )
-    axes.grid(alpha=0.3, axis="y")
-    figure.savefig(path, dpi=120)
-
-
 # -- published numbers -----------------------------------------------------------------------
 
 
@@ -391,7 +242,7 @@ def render_paper_comparison(results_files: Sequence[Path]) -> str:
         name, baseline, results = _load_results(path)
         errors = {
             arm: {seed: 100 - acc for seed, acc in values.items()}
-            for arm, values in _test_percent_by_arm(results, []).items()
+            for arm, values in test_percent_by_arm(results, []).items()
         }
         for arm, values in errors.items():
             top1 = stats.summarize(list(values.values()))

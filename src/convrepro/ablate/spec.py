@@ -10,6 +10,7 @@ overrides:                         # applied to every arm
 arms:                              # arm name -> dotted config keys (as on the command line)
   A: {model.backbone.init_args.config: A}
   A-LRN: {model.backbone.init_args.config: A-LRN}
+slurm: {partition: gpu, time: "4:00:00"}   # optional: --launcher slurm (see slurm_options)
 ```
 
 Seed ``N`` sets ``--seed_everything=N`` and ``--data.init_args.seed=N``, so weight initialisation,
@@ -19,6 +20,9 @@ arm uses the same seeds, so runs of one seed share their data (a paired design);
 the same for all runs. The datamodules draw the split from the same seed as the order; to keep
 the split fixed, set ``data.init_args.seed`` in ``overrides`` (order and augmentation then stay
 fixed too). Arm overrides win over common ``overrides``.
+
+The file is read as YAML 1.2 reads numbers: ``4:00:00`` stays a string (YAML 1.1, PyYAML's
+default, would make it the integer 14400).
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ import json
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from convrepro.ablate.slurm_options import SlurmOptions, parse_slurm_section
 from convrepro.errors import AblationError
 from convrepro.runs.folder import RunFolder
 
-ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms")
+ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm")
 #: Options the runner sets for every run; an ablation file must not set them itself.
 RUNNER_KEYS = ("seed_everything", "ckpt_path", "run", "config")
 DATA_SEED_KEY = "data.init_args.seed"
@@ -74,6 +79,7 @@ class AblationSpec:
     arms: Mapping[str, Mapping[str, Any]]
     overrides: Mapping[str, Any]
     baseline: str
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     def runs(self) -> list[Run]:
         """Every arm x seed, arm-major (the order they are run and reported in)."""
@@ -82,6 +88,16 @@ class AblationSpec:
             for arm, arm_overrides in self.arms.items()
             for seed in self.seeds
         ]
+
+    def run(self, arm: str, seed: int) -> Run:
+        """The grid point ``arm`` x ``seed``."""
+        found = next((r for r in self.runs() if (r.arm, r.seed) == (arm, seed)), None)
+        if found is None:
+            raise AblationError(
+                f"{self.name} has no run {arm!r} with seed {seed}: arms {', '.join(self.arms)}, "
+                f"seeds {', '.join(map(str, self.seeds))}"
+            )
+        return found
 
     def run_folder(self, out: Path, run: Run) -> RunFolder:
         """Where the CLI keeps ``run``: ``<out>/runs/<name>/<arm>-seed<N>``."""
@@ -97,6 +113,8 @@ class AblationSpec:
             "overrides": dict(self.overrides),
             "arms": {arm: dict(values) for arm, values in self.arms.items()},
         }
+        if self.slurm.to_dict():
+            data["slurm"] = self.slurm.to_dict()
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -124,7 +142,13 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     path = Path(path)
     if not path.is_file():
         raise AblationError(f"ablation file {path} not found")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.load(path.read_text(), Loader=_Yaml12Numbers)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise AblationError(f"{path}: not valid YAML{line}: {problem}") from error
     if not isinstance(data, dict):
         raise AblationError(f"{path}: expected a mapping with keys {', '.join(ALLOWED_KEYS)}")
     unknown = sorted(set(data) - set(ALLOWED_KEYS))
@@ -147,7 +171,31 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
         arms=arms,
         overrides=_overrides(path, "overrides", data.get("overrides")),
         baseline=baseline,
+        slurm=_slurm(path, data.get("slurm")),
     )
+
+
+class _Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 integers (``4:00:00`` -> 14400)."""
+
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_Yaml12Numbers.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Numbers.add_implicit_resolver(  # SafeLoader's int pattern minus its base-60 branch
+    _INT_TAG,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _slurm(path: Path, section: Any) -> SlurmOptions:
+    try:
+        return parse_slurm_section(section)
+    except AblationError as error:
+        raise AblationError(f"{path}: {error}") from None
 
 
 def _check_name(path: Path, what: str, value: str) -> None:

@@ -1,0 +1,104 @@
+"""The rows of an ablation's ``results.csv``: one finished run each, read from its run folder.
+
+Accuracies are fractions here, as in the run files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+from convrepro.ablate.spec import AblationSpec
+from convrepro.errors import AblationError
+
+RESULTS_FILE = "results.csv"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run: a row of ``results.csv`` (accuracies as fractions)."""
+
+    arm: str
+    seed: int
+    best_val_acc: float
+    test_acc: float
+    test_acc_top5: float
+    epochs: int
+    wall_time_s: float  # fit time summed over resumes, from the run's summary.json
+    checkpoint: str
+
+
+RESULT_COLUMNS = tuple(f.name for f in fields(RunResult))
+
+
+def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], list[str]]:
+    """The finished runs of ``spec`` under ``out``, and the ids of those without a test result."""
+    results, missing = [], []
+    for run in spec.runs():
+        summary = spec.run_folder(out, run).read_summary()
+        if summary.test_acc is None:
+            missing.append(run.id)
+            continue
+        results.append(
+            RunResult(
+                arm=run.arm,
+                seed=run.seed,
+                best_val_acc=_or_nan(summary.best_val_acc),
+                test_acc=summary.test_acc,
+                test_acc_top5=_or_nan(summary.test_acc_top5),
+                epochs=summary.epochs or 0,
+                wall_time_s=round(_or_nan(summary.fit_seconds), 1),
+                checkpoint=summary.best_checkpoint or "",
+            )
+        )
+    return results, missing
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def write_results_csv(results: Iterable[RunResult], path: Path) -> None:
+    """``results.csv``: one row per finished run."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RESULT_COLUMNS)
+        writer.writerows(astuple(result) for result in results)
+
+
+def read_results_csv(path: Path) -> list[RunResult]:
+    """Rows of a ``results.csv`` written by :func:`write_results_csv`."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [c for c in RESULT_COLUMNS if rows and c not in rows[0]]
+    if not rows or missing:
+        raise AblationError(
+            f"{path} is not an ablation results.csv (needs columns {', '.join(RESULT_COLUMNS)}"
+            f"{'; missing ' + ', '.join(missing) if missing else '; it has no rows'})"
+        )
+    return [
+        RunResult(
+            arm=row["arm"],
+            seed=int(row["seed"]),
+            best_val_acc=float(row["best_val_acc"]),
+            test_acc=float(row["test_acc"]),
+            test_acc_top5=float(row["test_acc_top5"]),
+            epochs=int(row["epochs"]),
+            wall_time_s=float(row["wall_time_s"]),
+            checkpoint=row["checkpoint"],
+        )
+        for row in rows
+    ]
+
+
+def test_percent_by_arm(
+    results: Iterable[RunResult], arms: Iterable[str]
+) -> dict[str, dict[int, float]]:
+    """Test accuracy in percent, ``{arm: {seed: value}}``: the given arms first, in order."""
+    by_arm: dict[str, dict[int, float]] = {arm: {} for arm in arms}
+    for result in results:
+        by_arm.setdefault(result.arm, {})[result.seed] = 100 * result.test_acc
+    return by_arm
