@@ -239,7 +239,7 @@ def _copy_wandb_group(spec: AblationSpec, project: str, out: Path) -> None:
     """The runs of the ablation's W&B group as run folders under ``out``, for the report."""
     import wandb
 
-    from convrepro.explore.wandb import download_wandb_group
+    from convrepro.ablate.wandb_group import download_wandb_group
 
     try:
         download_wandb_group(project, spec.name, out, baseline=spec.baseline)

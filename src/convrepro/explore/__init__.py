@@ -3,12 +3,14 @@
 * :mod:`~convrepro.explore.models`: parameter counts, FLOPs and a layer table, on ``meta``.
 * :mod:`~convrepro.explore.data`: a config's datamodule, class balance, images as the network
   sees them, and the augmented versions of one training image.
-* :mod:`~convrepro.explore.wandb`: an ablation's W&B group copied into the runner's format.
+* :func:`download_wandb_group` (from :mod:`convrepro.ablate.wandb_group`): an ablation's W&B
+  group copied into the runner's format, for the report.
 * :mod:`~convrepro.explore.tables`: Markdown tables for all of them.
 
 Made-up data and a made-up ablation for the notebooks come from :mod:`convrepro.testing`.
 """
 
+from convrepro.ablate.wandb_group import download_wandb_group
 from convrepro.explore.data import (
     augmented_versions,
     class_balance_figure,
@@ -22,7 +24,6 @@ from convrepro.explore.data import (
 )
 from convrepro.explore.models import LayerRow, count_flops, count_parameters, layer_table
 from convrepro.explore.tables import MarkdownText, markdown_table
-from convrepro.explore.wandb import download_wandb_group
 
 __all__ = [
     "LayerRow",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the other helpers of convrepro.explore need neither Lightning nor SciPy
-    from convrepro.ablate.spec import AblationSpec
+from convrepro.ablate.spec import SPEC_FILE, AblationSpec, Run
+from convrepro.runs.summary import Summary
+from convrepro.training import metrics
 
 
 def download_wandb_group(
@@ -34,9 +35,6 @@ def download_wandb_group(
     the first arm by name; ``api`` defaults to ``wandb.Api()`` (needs network access and a W&B
     login).
     """
-    from convrepro.ablate.spec import SPEC_FILE, AblationSpec, Run
-    from convrepro.runs.summary import Summary
-    from convrepro.training import metrics
 
     if api is None:
         import wandb
