@@ -1,6 +1,6 @@
 """Training throughput on this machine: a plain PyTorch loop, our Lightning path, our fast path.
 
-    python benchmarks/throughput.py --config configs/vgg16_cifar.yaml
+    python benchmarks/throughput.py --config configs/vgg16_cifar.yaml [--only training|delivery]
 
 Three ways to train the config's backbone on CIFAR-10, side by side:
 
@@ -17,12 +17,14 @@ steps, then ``--windows`` windows of ``--steps`` optimizer steps, timed at step 
 the device synchronized there; a path's images/s is the median over its windows (pooled over
 ``--rounds``, which interleave the paths so that drifts in machine load hit all alike; the best
 window is the least disturbed one, for a machine shared with other jobs). "Data
-delivery" iterates the three training loaders without a model, in one process with one thread
-and no workers, and divides the images by the process's CPU time: images/s per CPU core.
+delivery" (:mod:`delivery`) iterates the training loaders without a model, the three above and
+an image folder's, in one process with one thread and no workers, and divides the images by the
+process's CPU time: images/s per CPU core. ``--only`` runs one of the two parts (delivery alone
+takes under a minute).
 
 Without CIFAR-10 in ``--data-dir`` (the config's), made-up images in the real file format are
-used (throughput does not depend on pixel values). Writes ``<out>/throughput_<config>_<device>``
-``.json`` and ``.md``.
+used (throughput does not depend on pixel values); likewise made-up photo-sized JPEGs without
+``--folder``. Writes ``<out>/throughput_<config>_<device>[_<part>]`` ``.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -31,16 +33,13 @@ import argparse
 import itertools
 import json
 import multiprocessing
-import os
-import platform
-import resource
 import shutil
 import statistics
 import tempfile
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -51,62 +50,24 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
+from common import Spec, device, device_name, peak_memory, synchronize
+from delivery import delivery_ratios, plain_loader, run_delivery, write_photo_folder
 from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from lightning.pytorch.cli import instantiate_class
+from report import PATHS, markdown
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
 from convrepro.cli import default_precision
 from convrepro.data import CIFAR10DataModule
-from convrepro.data.synthetic import accepting_made_up_files, write_cifar10
-from convrepro.data.transforms import CIFAR10_STATS
 from convrepro.reliability.divergence import DivergenceGuard
 from convrepro.reliability.resume import ExactResume
+from convrepro.runs.console import silence_known_noise
+from convrepro.testing import accepting_made_up_files, make_cifar10
 from convrepro.training.classifier import ImageClassifier
 
-PATHS = ("plain", "lightning", "fast")
-TITLES = {
-    "plain": "(a) plain PyTorch loop",
-    "lightning": "(b) Lightning, same settings",
-    "fast": "(c) Lightning, fast path",
-}
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Everything a measuring process needs (picklable: it crosses a process boundary)."""
-
-    config: dict[str, Any]
-    data_dir: str
-    made_up: bool
-    batch_size: int
-    num_workers: int
-    warmup: int
-    windows: int
-    steps: int
-    threads: int
-    delivery_seconds: float
-
-    @property
-    def data_args(self) -> dict[str, Any]:
-        """The config's CIFAR10DataModule arguments with the benchmark's data, batch, workers.
-        No validation split: (a) trains on every training image, so (b) and (c) do too."""
-        args = dict(self.config["data"].get("init_args") or {})
-        args.update(
-            data_dir=self.data_dir,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            val_size=0,
-            download=False,
-        )
-        return args
-
-    @property
-    def image_size(self) -> int:
-        return self.data_args.get("resize") or 32
+PARTS = ("training", "delivery")
 
 
 class StepClock:
@@ -132,7 +93,7 @@ class StepClock:
         """Call after every optimizer step."""
         self._steps_done += 1
         if self._steps_done in self._boundaries:
-            _synchronize(self.device)  # count the queued work in the window it was launched in
+            synchronize(self.device)  # count the queued work in the window it was launched in
             self.times.append((time.perf_counter(), time.process_time()))
 
     def windows(self) -> dict[str, list[float]]:
@@ -154,15 +115,6 @@ class ClockCallback(pl.Callback):
         self.clock.tick()
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_backbone(spec: Spec) -> nn.Module:
     """The config's backbone for CIFAR-10's ten classes."""
     backbone = dict(spec.config["model"]["backbone"])
@@ -179,45 +131,19 @@ def build_optimizer(spec: Spec, parameters: Any) -> torch.optim.Optimizer:
     return instantiate_class(parameters, optimizer)
 
 
-def seed_script_transform(spec: Spec) -> transforms.Compose:
-    """(a)'s augmentation: the config's recipe written with classic PIL transforms."""
-    data = CIFAR10DataModule(**spec.data_args)
-    steps: list[Any] = []
-    if data.crop_padding:
-        steps.append(transforms.RandomCrop(32, padding=data.crop_padding))
-    if data.horizontal_flip:
-        steps.append(transforms.RandomHorizontalFlip())
-    if data.resize:
-        steps.append(transforms.Resize((data.resize, data.resize)))
-    normalize = transforms.Normalize(CIFAR10_STATS.mean, CIFAR10_STATS.std)
-    return transforms.Compose([*steps, transforms.ToTensor(), normalize])
-
-
-def plain_loader(spec: Spec, num_workers: int) -> DataLoader:
-    dataset = CIFAR10(spec.data_dir, train=True, transform=seed_script_transform(spec))
-    return DataLoader(
-        dataset,
-        batch_size=spec.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
 def run_plain(spec: Spec) -> dict[str, Any]:
     """(a): the training loop of a seed script."""
-    device = _device()
+    on = device()
     pl.seed_everything(0, verbose=False)  # the same initial weights as (b) and (c)
-    model = build_backbone(spec).to(device)
+    model = build_backbone(spec).to(on)
     optimizer = build_optimizer(spec, model.parameters())
     loader = plain_loader(spec, spec.num_workers)
-    clock = StepClock(spec, device)
+    clock = StepClock(spec, on)
     model.train()
     while not clock.finished:
         for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            images = images.to(on, non_blocking=True)
+            labels = labels.to(on, non_blocking=True)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -235,7 +161,7 @@ def lightning_settings(spec: Spec, fast: bool) -> dict[str, Any]:
     if not fast:
         loader = f"DataLoader, {spec.num_workers} workers"
         return {"precision": "32-true", "loader": loader, "channels_last": False, "compile": False}
-    on_gpu = _device().type == "cuda"
+    on_gpu = device().type == "cuda"
     return {
         "precision": default_precision(),
         "loader": "device-resident",
@@ -259,7 +185,7 @@ def run_lightning(spec: Spec, fast: bool) -> dict[str, Any]:
         channels_last=settings["channels_last"],
         compile=settings["compile"],
     )
-    clock = StepClock(spec, _device())
+    clock = StepClock(spec, device())
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,
@@ -279,50 +205,6 @@ def run_lightning(spec: Spec, fast: bool) -> dict[str, Any]:
     return {**clock.windows(), "settings": settings}
 
 
-def run_delivery(spec: Spec) -> dict[str, Any]:
-    """Images/s of each path's training loader alone, per CPU core (one thread, no workers)."""
-    torch.set_num_threads(1)
-    device = _device()
-    # The device path makes its batches on the Trainer's device.
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False)
-    loaders: dict[str, Any] = {"plain": plain_loader(spec, num_workers=0)}
-    for path, fast in (("lightning", False), ("fast", True)):
-        datamodule = CIFAR10DataModule(**{**spec.data_args, "num_workers": 0}, device_resident=fast)
-        datamodule.trainer = trainer
-        datamodule.setup("fit")
-        loaders[path] = datamodule.train_dataloader()
-    results = {}
-    for path, loader in loaders.items():
-        delivered = _endless(loader)
-        for _ in range(spec.warmup):
-            next(delivered)
-        # At least delivery_seconds: the device path delivers a window's batches in
-        # milliseconds, too short to time on a shared machine.
-        _synchronize(device)
-        wall, cpu, images = time.perf_counter(), time.process_time(), 0
-        while images < spec.windows * spec.steps * spec.batch_size or (
-            time.perf_counter() - wall < spec.delivery_seconds
-        ):
-            images += len(next(delivered)[1])
-        _synchronize(device)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        results[path] = {"images_per_s": images / wall, "images_per_cpu_s": images / cpu}
-    return results
-
-
-def _endless(loader: Any) -> Any:
-    """Batches from ``loader``, epoch after epoch."""
-    while True:
-        yield from loader
-
-
-def _peak_memory() -> dict[str, float]:
-    if torch.cuda.is_available():
-        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "memory": "CUDA"}
-    max_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"peak_memory_gib": max_rss_kib / 2**20, "memory": "max RSS of the process"}
-
-
 RUNNERS = {
     "plain": run_plain,
     "lightning": partial(run_lightning, fast=False),
@@ -333,10 +215,11 @@ RUNNERS = {
 
 def _measure_in_child(name: str, spec: Spec, results: multiprocessing.Queue) -> None:
     try:
+        silence_known_noise()  # the libraries' start-up noise, as in the CLI
         torch.set_num_threads(spec.threads)
         with accepting_made_up_files() if spec.made_up else nullcontext():
             result = RUNNERS[name](spec)
-        results.put({**result, **_peak_memory()})
+        results.put({**result, **peak_memory()})
     except BaseException:
         results.put({"error": traceback.format_exc()})
 
@@ -362,20 +245,6 @@ def flops_per_image(spec: Spec) -> int:
     return measure_flops(model, lambda: model(images), lambda logits: logits.sum())
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "CPU",
-    )
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def summarise(results: list[dict[str, Any]], spec: Spec, flops: int) -> dict[str, Any]:
     """One path's figures from its measurements (one per round)."""
     seconds = [window for result in results for window in result["windows_s"]]
@@ -384,7 +253,7 @@ def summarise(results: list[dict[str, Any]], spec: Spec, flops: int) -> dict[str
     images_per_s = spec.steps * spec.batch_size / statistics.median(seconds)
     settings = results[0]["settings"]
     dtype = MIXED_PRECISION_DTYPES.get(settings["precision"], torch.float32)
-    peak_flops = get_available_flops(_device(), dtype)
+    peak_flops = get_available_flops(device(), dtype)
     return {
         "images_per_s": images_per_s,
         "step_ms": 1000 * statistics.median(seconds) / spec.steps,
@@ -399,57 +268,10 @@ def summarise(results: list[dict[str, Any]], spec: Spec, flops: int) -> dict[str
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
-    runs, delivery = report["runs"], report["data_delivery"]
-    lines = [
-        f"# Training throughput: {report['config']} on {report['device']}",
-        "",
-        f"{report['date']}; torch {report['torch']}, lightning {report['lightning']}; "
-        f"{report['data']}; batch {report['batch_size']}, {report['num_workers']} loader "
-        f"workers, {report['threads']} torch threads. Median over "
-        f"{report['windows'] * report['rounds']} windows of {report['steps']} steps after "
-        f"{report['warmup']} warm-up steps. Model: {report['gflops_per_image']:.3f} GFLOP per "
-        "training image (forward + backward).",
-        "",
-        "| path | settings | images/s (median) | best window | vs (a) | step (ms) "
-        "| host CPU per step (ms) | TFLOP/s | MFU | peak memory (GiB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for path in PATHS:
-        run = runs[path]
-        settings = ", ".join(f"{k}={v}" for k, v in run["settings"].items())
-        ratio = run["images_per_s"] / runs["plain"]["images_per_s"]
-        mfu = f"{100 * run['mfu']:.1f}%" if run["mfu"] is not None else "n/a"
-        lines.append(
-            f"| {TITLES[path]} | {settings} | {run['images_per_s']:.1f} "
-            f"| {run['best_window_images_per_s']:.1f} | {ratio:.3f} | {run['step_ms']:.1f} "
-            f"| {run['host_cpu_ms_per_step']:.1f} | {run['tflops_per_s']:.3f} | {mfu} "
-            f"| {run['peak_memory_gib']:.2f} |"
-        )
-    lines += [
-        "",
-        "Host CPU per step: CPU time of the training process (loader workers not included). "
-        f"Peak memory: {runs['plain']['memory']}. MFU needs the device's peak FLOP/s "
-        "(lightning's table; none for CPUs).",
-        "",
-        "## Data delivery alone (training loaders, no model; one process, one thread, no workers)",
-        "",
-        "| loader | images/s | images/s per CPU core | per core vs (a) | per core vs (b) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for path in PATHS:
-        per_core = delivery[path]["images_per_cpu_s"]
-        lines.append(
-            f"| {TITLES[path]} | {delivery[path]['images_per_s']:.0f} | {per_core:.0f} "
-            f"| {per_core / delivery['plain']['images_per_cpu_s']:.1f}x "
-            f"| {per_core / delivery['lightning']['images_per_cpu_s']:.1f}x |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/vgg16_cifar.yaml", type=Path)
+    parser.add_argument("--only", choices=PARTS, help="run one part; default: both")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per window")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per run")
@@ -464,11 +286,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--made-up-images", type=int, default=50_000, help="training images if made up"
     )
+    parser.add_argument(
+        "--folder", type=Path, help="an image folder (train/<class>/...); default: made up"
+    )
+    parser.add_argument(
+        "--made-up-photos", type=int, default=256, help="JPEGs in the made-up image folder"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    for name in ("steps", "warmup", "windows", "rounds", "made_up_images"):
+    for name in ("steps", "warmup", "windows", "rounds", "made_up_images", "made_up_photos"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.folder is not None and not (args.folder / "train").is_dir():
+        parser.error(f"--folder {args.folder}: no train/ folder in it")
     return args
 
 
@@ -481,14 +311,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     init_args = data.get("init_args") or {}
     data_dir = args.data_dir or init_args.get("data_dir", "data/cifar10")
     made_up = not (Path(data_dir) / CIFAR10.base_folder).is_dir()
-    scratch = tempfile.mkdtemp(prefix="throughput-") if made_up else None
+    parts = (args.only,) if args.only else PARTS
+    scratch = Path(tempfile.mkdtemp(prefix="throughput-"))
     try:
-        if scratch:
-            data_dir = str(write_cifar10(scratch, n_train=args.made_up_images, n_test=1))
+        if made_up:
+            data_dir = str(make_cifar10(scratch / "cifar", args.made_up_images, 1, learnable=False))
+        folder = args.folder
+        if folder is None and "delivery" in parts:
+            folder = write_photo_folder(scratch / "photos", args.made_up_photos)
         spec = Spec(
             config=config,
             data_dir=data_dir,
             made_up=made_up,
+            folder_dir=str(folder),
             batch_size=args.batch_size or init_args.get("batch_size", 256),
             num_workers=(
                 args.num_workers
@@ -501,10 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             threads=args.threads or torch.get_num_threads(),
             delivery_seconds=args.delivery_seconds,
         )
-        report = run_all(spec, args.rounds)
+        report = run_all(spec, args.rounds, parts)
     finally:
-        if scratch:
-            shutil.rmtree(scratch)
+        shutil.rmtree(scratch)
     report.update(
         config=args.config.stem,
         data=(
@@ -514,36 +348,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         rounds=args.rounds,
     )
+    if "delivery" in parts:
+        report["folder_data"] = (
+            f"image folder {args.folder}"
+            if args.folder
+            else f"{args.made_up_photos} made-up photo-sized JPEGs (500 x 375 and 375 x 500)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"throughput_{args.config.stem}_{_device().type}"
+    part = f"_{args.only}" if args.only else ""
+    stem = args.out / f"throughput_{args.config.stem}_{device().type}{part}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report), end="")
     return report
 
 
-def run_all(spec: Spec, rounds: int) -> dict[str, Any]:
-    """Measure the three paths ``rounds`` times, in turn, then data delivery."""
-    measured: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-    for _ in range(rounds):
-        for path in PATHS:
-            measured[path].append(measure(path, spec))
-    flops = flops_per_image(spec)
-    runs = {path: summarise(results, spec, flops) for path, results in measured.items()}
-    plain = runs["plain"]["images_per_s"]
+def run_all(spec: Spec, rounds: int, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Measure the three paths ``rounds`` times, in turn, then data delivery (or one part)."""
+    report: dict[str, Any] = {"ratios": {}}
+    if "training" in parts:
+        measured: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+        for _ in range(rounds):
+            for path in PATHS:
+                measured[path].append(measure(path, spec))
+        flops = flops_per_image(spec)
+        runs = {path: summarise(results, spec, flops) for path, results in measured.items()}
+        plain = runs["plain"]["images_per_s"]
+        report["runs"] = runs
+        report["ratios"].update(
+            {
+                "lightning/plain": runs["lightning"]["images_per_s"] / plain,
+                "fast/plain": runs["fast"]["images_per_s"] / plain,
+            }
+        )
+        report["gflops_per_image"] = flops / 1e9
+    if "delivery" in parts:
+        report["data_delivery"] = measure("delivery", spec)
+        report["ratios"].update(delivery_ratios(report["data_delivery"]))
+    excluded = ("config", "data_dir", "made_up", "folder_dir")
     return {
-        "runs": runs,
-        "ratios": {
-            "lightning/plain": runs["lightning"]["images_per_s"] / plain,
-            "fast/plain": runs["fast"]["images_per_s"] / plain,
-        },
-        "data_delivery": measure("delivery", spec),
-        "device": device_name(_device()),
+        **report,
+        "device": device_name(device()),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
-        "gflops_per_image": flops / 1e9,
-        **{k: v for k, v in asdict(spec).items() if k not in ("config", "data_dir", "made_up")},
+        **{k: v for k, v in asdict(spec).items() if k not in excluded},
     }
 
 

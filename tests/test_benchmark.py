@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py end to end on the CPU, tiny settings: its reports, not its timings."""
+"""benchmarks/throughput.py and gpu_check.py end to end on the CPU, tiny settings: their reports,
+not their timings."""
 
 import json
 import math
@@ -11,15 +12,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from convrepro.data import CIFAR10DataModule
-from convrepro.data.synthetic import accepting_made_up_files, write_cifar10
 from convrepro.models import VGG
+from convrepro.testing import accepting_made_up_files, make_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("plain", "lightning", "fast")
+LOADERS = (*PATHS, "folder_plain", "folder_lightning")
 
 
 def test_made_up_cifar10_reads_back_through_torchvision(tmp_path):
-    write_cifar10(tmp_path, n_train=23, n_test=7, seed=1)
+    make_cifar10(tmp_path, n_train=23, n_test=7, learnable=False, seed=1)
     datamodule = CIFAR10DataModule(
         data_dir=str(tmp_path), val_size=3, batch_size=4, num_workers=0, download=False
     )
@@ -48,6 +50,7 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         "--batch-size=8",
         "--num-workers=0",
         "--made-up-images=48",
+        "--made-up-photos=4",
         "--delivery-seconds=0.1",
         f"--data-dir={tmp_path / 'no-cifar-here'}",
         f"--out={out}",
@@ -73,17 +76,81 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         assert run["tflops_per_s"] == pytest.approx(gflops * run["images_per_s"] / 1000)
         assert run["mfu"] is None  # no peak FLOP/s is known for CPUs
         assert run["peak_memory_gib"] > 0
-        delivery = report["data_delivery"][path]
+    for loader in LOADERS:
+        delivery = report["data_delivery"][loader]
         assert delivery["images_per_s"] > 0 and delivery["images_per_cpu_s"] > 0
+    assert report["folder_data"] == "4 made-up photo-sized JPEGs (500 x 375 and 375 x 500)"
     fast = report["runs"]["fast"]["settings"]
     assert fast["loader"] == "device-resident" and fast["precision"] == "32-true"
     assert not fast["compile"]  # not on a CPU
     assert report["ratios"]["lightning/plain"] == pytest.approx(
         report["runs"]["lightning"]["images_per_s"] / report["runs"]["plain"]["images_per_s"]
     )
+    delivery = report["data_delivery"]
+    assert report["ratios"]["delivery:folder_lightning/folder_plain"] == pytest.approx(
+        delivery["folder_lightning"]["images_per_cpu_s"]
+        / delivery["folder_plain"]["images_per_cpu_s"]
+    )
 
     table = (out / "throughput_vgg11_cifar_cpu.md").read_text()
     assert table.startswith("# Training throughput: vgg11_cifar on ")
     for title in ("(a) plain PyTorch loop", "(b) Lightning", "(c) Lightning, fast path"):
         assert table.count(title) == 2  # the training table and the data delivery table
+    for title in ("(a) plain loader, image folder", "(b) ImageFolderDataModule"):
+        assert table.count(title) == 1
     assert result.stdout.endswith(table)  # and printed
+
+
+@pytest.mark.slow  # one fresh process for the five loaders: ~30 s on 2 cores
+def test_delivery_alone_keeps_the_report_keys(tmp_path):
+    out = tmp_path / "results"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "throughput.py"),
+        "--config=configs/vgg11_cifar.yaml",
+        "--only=delivery",
+        "--warmup=1",
+        "--batch-size=8",
+        "--made-up-images=48",
+        "--made-up-photos=4",
+        "--delivery-seconds=0.1",
+        f"--data-dir={tmp_path / 'no-cifar-here'}",
+        f"--out={out}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads((out / "throughput_vgg11_cifar_cpu_delivery.json").read_text())
+    assert "runs" not in report and set(LOADERS) <= set(report["data_delivery"])
+    assert set(report["ratios"]) == {
+        "delivery:lightning/plain",
+        "delivery:fast/plain",
+        "delivery:folder_lightning/folder_plain",
+    }
+    table = (out / "throughput_vgg11_cifar_cpu_delivery.md").read_text()
+    assert "## Data delivery alone" in table and "| path | settings |" not in table
+
+
+@pytest.mark.slow  # the GPU check's every part on tiny sizes: ~2 minutes on 2 shared cores
+def test_gpu_check_runs_in_cpu_mode(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu"]
+    result = subprocess.run(
+        [*command, f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    report = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
+    assert result.returncode == 0, json.dumps(report, indent=2)[-5000:]
+    checks = report["checks"]
+    assert report["mode"] == "cpu" and report["passed"]
+    assert set(checks) == {"throughput", "fast_configs", "lrn", "gpu_tests"}
+    assert set(checks["throughput"]["paths"]) == set(PATHS)
+    fast_configs = sorted(path.stem for path in (ROOT / "configs").glob("*_fast.yaml"))
+    assert {k for k in checks["fast_configs"] if k not in ("status", "seconds")} == set(
+        fast_configs
+    )
+    for name in fast_configs:
+        run = checks["fast_configs"][name]
+        assert run["status"] == "passed" and run["quiet_steps_checked"] > 0
+        assert run["settings"]["device_resident"] and run["settings"]["channels_last"]
+    assert {"float16", "bfloat16"} <= set(checks["lrn"])
+    gpu_tests = checks["gpu_tests"]
+    assert gpu_tests["tests"] >= 4 and gpu_tests["skipped"] == gpu_tests["tests"]  # no CUDA
+    assert (tmp_path / "gpu_check_cpu.md").read_text().startswith("# GPU check (cpu mode)")

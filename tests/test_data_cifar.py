@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from convrepro.data import CIFAR10DataModule
+from convrepro.data.cifar import CIFAR10_CLASSES
 from convrepro.data.transforms import CIFAR10_STATS
-
-from datasets import CIFAR10_CLASSES, make_cifar10, skip_md5_checks
+from convrepro.testing import make_cifar10, skip_md5_checks
 
 MEAN = torch.tensor(CIFAR10_STATS.mean).view(3, 1, 1)
 STD = torch.tensor(CIFAR10_STATS.std).view(3, 1, 1)

@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 
 from convrepro.data import ImageFolderDataModule
-from convrepro.data.folder import load_rgb
-
-from datasets import BAD_FILES, IMAGE_KINDS, make_image_folder
+from convrepro.data.images import load_rgb
+from convrepro.testing import BAD_FILES, IMAGE_KINDS, make_image_folder
 
 N_PER_CLASS = len(IMAGE_KINDS)  # one file of each kind per class
 

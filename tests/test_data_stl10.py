@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from convrepro.data import STL10DataModule
+from convrepro.data.stl10 import STL10_CLASSES
 from convrepro.data.transforms import STL10_STATS
-
-from datasets import STL10_CLASSES, make_images, make_stl10, skip_md5_checks
+from convrepro.testing import make_images, make_stl10, skip_md5_checks
 
 N_TRAIN, N_TEST = 100, 30
 

@@ -10,10 +10,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from convrepro.cli import ConvReproCLI
+from convrepro.testing import make_image_folder
 from convrepro.training import DenseEvaluation, TenCropEvaluation
 from convrepro.training.classifier import ImageClassifier
-
-from datasets import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 4

@@ -7,8 +7,7 @@ import torch
 from convrepro.data import CIFAR10DataModule
 from convrepro.data.augment import RGBPCA, PCALighting, cached_rgb_pca, lighting, rgb_pca
 from convrepro.data.transforms import CIFAR10_STATS
-
-from datasets import make_cifar10, skip_md5_checks
+from convrepro.testing import make_cifar10, skip_md5_checks
 
 
 def _correlated_images(count: int = 64, seed: int = 0) -> np.ndarray:

@@ -6,8 +6,7 @@ from torchvision.transforms import v2
 
 from convrepro.data import ImageFolderDataModule
 from convrepro.data.augment import TrainingScale
-
-from datasets import make_image_folder
+from convrepro.testing import make_image_folder
 
 
 @pytest.fixture(scope="module")

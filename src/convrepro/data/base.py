@@ -6,90 +6,55 @@ and *how it is augmented* lives here, so it is identical across data sets:
 
 * The validation split is held out from the training images with a fixed seed; the test images
   are read by ``test_dataloader``/``predict_dataloader`` only.
+* ``predict_path`` points ``predict`` at one's own image files instead of the test split.
 * ``batch_size`` is the global batch size; each of the ``W`` devices gets ``batch_size / W``.
 * Order and augmentation are pure functions of ``(seed, epoch, sample)``, independent of the
-  number of workers and devices, so reruns and mid-epoch resumes see the same images.
+  number of workers and devices, so reruns and mid-epoch resumes see the same images
+  (:mod:`convrepro.data.samples`).
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from convrepro.data.device import DeviceBatches
+from convrepro.data.images import (
+    UNLABELLED,
+    ImageFiles,
+    describe_unreadable,
+    find_unreadable,
+    image_files_under,
+)
+from convrepro.data.samples import SourceName, SplitView
 from convrepro.data.sampling import (
-    AUGMENT_STREAM,
     SPLIT_STREAM,
     ShardedEvalBatchSampler,
     ShuffledShardSampler,
     derive_seed,
 )
-from convrepro.errors import ConfigError, MissingFileError
+from convrepro.errors import ConfigError, MissingFileError, SettingTypeError
 
-SourceName = Literal["train", "val", "test"]
 SplitName = Literal["train", "val", "test", "predict"]
 
-# Splits that setup(stage) builds; "predict" is the test split.
+# Splits that setup(stage) builds; "predict" is the test split unless predict_path is given.
 _SPLITS_OF_STAGE: dict[str | None, tuple[str, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
-    "predict": ("test",),
+    "predict": ("predict",),
     None: ("train", "val", "test"),
 }
 MAX_DEFAULT_WORKERS = 8
-
-
-class SplitView(Dataset):
-    """One split of a source data set: some of its samples, with a seeded transform.
-
-    Keys are sample positions, or ``(epoch, position)`` pairs from
-    :class:`~convrepro.data.sampling.ShuffledShardSampler`. The transform runs under a CPU RNG
-    seeded from ``(seed, epoch, source index)``, so a sample's augmentation does not depend on
-    which worker or process loads it, or on what was loaded before. The global RNG is restored
-    afterwards (dropout in the main process must not be reseeded).
-
-    ``source`` keeps the raw data (torchvision's CIFAR-10/STL-10 keep it as a uint8 array in
-    ``.data``) and ``indices`` says which of its samples belong to this split.
-    """
-
-    def __init__(
-        self,
-        source: Dataset,
-        indices: Sequence[int],
-        transform: Callable[[Any], Tensor],
-        *,
-        seed: int,
-        source_name: SourceName,
-    ) -> None:
-        self.source = source
-        self.indices = list(indices)
-        self.transform = transform
-        self.seed = seed
-        self.source_name = source_name
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
-        epoch, position = key if isinstance(key, tuple) else (0, key)
-        index = self.indices[position]
-        image, label = self.source[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(
-                derive_seed(self.seed, AUGMENT_STREAM, epoch, index)
-            )
-            return self.transform(image), int(label)
 
 
 class BaseImageDataModule(LightningDataModule, ABC):
@@ -111,6 +76,10 @@ class BaseImageDataModule(LightningDataModule, ABC):
             follows the run's seed (``seed_everything``, read from ``PL_GLOBAL_SEED``; 0 if
             unset), so repeating an experiment with another seed also varies the data.
         horizontal_flip: Random left-right flips (p = 0.5) during training.
+        predict_path: ``predict`` on one's own images instead of the test split: an image file
+            or a folder, searched recursively, of unlabelled images in any format the image
+            folders read. Each gets :meth:`predict_transform` (the test transform, sized for
+            the network). Unreadable files are listed and skipped.
 
     Training batches are shuffled per epoch and the last incomplete batch is dropped: a tiny
     last batch gives noisy BatchNorm statistics and an odd-sized step, and as the permutation
@@ -133,6 +102,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         persistent_workers: bool = True,
         seed: int | None = None,
         horizontal_flip: bool = True,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -149,6 +119,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         self.persistent_workers = persistent_workers
         self.seed = seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.horizontal_flip = horizontal_flip
+        self.predict_path = predict_path
         self.splits: dict[str, SplitView] = {}
         self.train_sampler: ShuffledShardSampler | None = None
         self._sources: dict[str, Dataset | None] = {}
@@ -172,6 +143,11 @@ class BaseImageDataModule(LightningDataModule, ABC):
     @abstractmethod
     def eval_transform(self) -> Callable[[Any], Tensor]:
         """Image -> normalized float tensor, deterministic."""
+
+    def predict_transform(self) -> Callable[[Any], Tensor]:
+        """Image file of any size (``predict_path``) -> what the network takes; by default the
+        evaluation transform."""
+        return self.eval_transform()
 
     @abstractmethod
     def _load_source(self, name: SourceName) -> Dataset | None:
@@ -218,7 +194,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         """Build the splits ``stage`` needs (once) and the training sampler."""
         self._check_trainer_sampling()
         per_device = self.per_device_batch_size  # fails before any loading if it does not divide
-        for name in _SPLITS_OF_STAGE[stage]:
+        for name in map(self._split_key, _SPLITS_OF_STAGE[stage]):
             if name not in self.splits:
                 self.splits[name] = self._build_split(name)
         if "train" in _SPLITS_OF_STAGE[stage]:
@@ -249,19 +225,36 @@ class BaseImageDataModule(LightningDataModule, ABC):
         return self._eval_loader(self._split("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        """The test images, in order (Lightning records the sample index of each prediction)."""
-        return self._eval_loader(self._split("test"))
+        """The ``predict_path`` images, else the test images, in order (Lightning records the
+        sample index of each prediction)."""
+        return self._eval_loader(self._split("predict"))
 
     def sample_names(self, split: SplitName) -> list[str]:
-        """Ids of the samples of a built split, in dataset order (file paths for image folders,
-        ``"train/00042"``-style source ids otherwise); ``"predict"`` means the test split."""
+        """Ids of the samples of a built split, in dataset order (file paths for image folders
+        and ``predict_path``, ``"train/00042"``-style source ids otherwise); ``"predict"`` is
+        the test split without a ``predict_path``."""
         view = self._split(split)
+        if view.source_name == "predict":
+            return [view.source.samples[index][0] for index in view.indices]
         return [self._sample_name(view.source_name, index) for index in view.indices]
+
+    def sample_shape(self, split: SplitName) -> tuple[int, ...]:
+        """The shape of one image of a built split as the model gets it, e.g. ``(3, 32, 32)``."""
+        return tuple(self._split(split)[0][0].shape)
+
+    def sample_images(self, split: SplitName, count: int) -> list[Any]:
+        """The first ``count`` images of a built split as stored (PIL images here), before any
+        transform: what a person looks at next to the predictions."""
+        view = self._split(split)
+        return [view.source[index][0] for index in view.indices[:count]]
 
     # Internals.
 
+    def _split_key(self, name: str) -> str:
+        return "test" if name == "predict" and self.predict_path is None else name
+
     def _split(self, name: str) -> SplitView:
-        key = "test" if name == "predict" else name
+        key = self._split_key(name)
         if key not in self.splits:
             raise RuntimeError(f"the {name!r} split is not built yet: call setup() first")
         return self.splits[key]
@@ -272,6 +265,9 @@ class BaseImageDataModule(LightningDataModule, ABC):
         return self._sources[name]
 
     def _build_split(self, name: str) -> SplitView:
+        if name == "predict":
+            files = self._predict_files()
+            return self._view(files, range(len(files)), self.predict_transform(), "predict")
         transform = self.train_transform() if name == "train" else self.eval_transform()
         if name == "test" or self._source("val") is not None:
             source = self._require_source(name)
@@ -280,6 +276,25 @@ class BaseImageDataModule(LightningDataModule, ABC):
         train_indices, val_indices = self._hold_out(len(train))
         indices = train_indices if name == "train" else val_indices
         return self._view(train, indices, transform, "train")
+
+    def _predict_files(self) -> ImageFiles:
+        """The readable image files of ``predict_path``, unlabelled."""
+        path = Path(str(self.predict_path))
+        if not path.exists():
+            raise MissingFileError(f"data.predict_path={path}: no such file or folder")
+        files = image_files_under(path)
+        bad = find_unreadable(files)
+        if bad:
+            rank_zero_warn(f"Skipping {describe_unreadable(path, bad)}")
+        readable = [file for file in files if file not in bad]
+        if not readable:
+            found = (
+                f"none of its {len(files)} image files is readable"
+                if files
+                else ("no image files in it or any folder below it")
+            )
+            raise MissingFileError(f"data.predict_path={path}: {found}")
+        return ImageFiles([(file, UNLABELLED) for file in readable])
 
     def _require_source(self, name: SourceName) -> Dataset:
         source = self._source(name)
@@ -351,118 +366,9 @@ class BaseImageDataModule(LightningDataModule, ABC):
             )
 
 
-class ArchiveDataModule(BaseImageDataModule):
-    """A torchvision data set that comes as one downloadable archive (CIFAR-10, STL-10).
-
-    Args:
-        download: Download the archive into ``data_dir`` if it is not there yet (in
-            ``prepare_data``, once per node). With ``False``, missing files are an error that
-            says where to put them.
-        device_resident: The fast path: hold the images as one uint8 tensor on the training
-            device and augment whole batches there (:mod:`convrepro.data.device`), with no
-            workers and no per-image PIL work. Same splits, order, shards and augmentation
-            distribution as the DataLoader path; the random draws differ (see there).
-            Training, validation and test batches come from the device; ``predict`` keeps the
-            DataLoader, through which Lightning records which sample each prediction is.
-    """
-
-    title: ClassVar[str]  # human-readable name, e.g. "CIFAR-10"
-    folder: ClassVar[str]  # what the archive extracts to inside data_dir
-    url: ClassVar[str]
-
-    def __init__(
-        self, *, download: bool = True, device_resident: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.download = download
-        self.device_resident = device_resident
-
-    @abstractmethod
-    def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
-        """torchvision's data set for ``split``, without transforms."""
-
-    @abstractmethod
-    def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
-        """All images of a torchvision data set as uint8 (N, 3, H, W) and its labels as int64
-        (N,), on the CPU, without decoding image by image."""
-
-    @property
-    def device(self) -> torch.device:
-        """Where ``device_resident`` batches are made: the Trainer's device, else the CPU."""
-        return (
-            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        )
-
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
-        """Shuffled by :attr:`train_sampler`, full batches only; from the device if
-        ``device_resident``."""
-        return self._on_device(super().train_dataloader())
-
-    def val_dataloader(self) -> DataLoader | DeviceBatches | list:
-        """The held-out validation images, in order; from the device if ``device_resident``."""
-        loader = super().val_dataloader()
-        return self._on_device(loader) if loader else loader
-
-    def test_dataloader(self) -> DataLoader | DeviceBatches:
-        """The test images, in order; from the device if ``device_resident``."""
-        return self._on_device(super().test_dataloader())
-
-    def _on_device(self, loader: DataLoader) -> DataLoader | DeviceBatches:
-        """``loader`` itself, or with ``device_resident`` the same batches made on the device."""
-        if not self.device_resident:
-            return loader
-        split = loader.dataset
-        images, labels = self._source_tensors(split.source)
-        index = torch.as_tensor(split.indices, dtype=torch.long)
-        return DeviceBatches.from_loader(
-            loader, images[index].to(self.device), labels[index].to(self.device)
-        )
-
-    def prepare_data(self) -> None:
-        """Download the archive if asked to (one archive holds every split)."""
-        if self.download:
-            with self._explain_unavailable(downloading=True):
-                self._torchvision_dataset("train", download=True)
-
-    def _load_source(self, name: SourceName) -> Dataset | None:
-        if name == "val":
-            return None
-        with self._explain_unavailable(downloading=False):
-            return self._torchvision_dataset(name, download=False)
-
-    @contextmanager
-    def _explain_unavailable(self, downloading: bool) -> Iterator[None]:
-        """Turn torchvision's terse 'not found' and network errors into what to do about them."""
-        folder = Path(self.data_dir).resolve() / self.folder
-        by_hand = (
-            f"download {self.url} on a machine with internet and extract it into "
-            f"{folder.parent}/ (it creates {self.folder}/), or copy the {self.folder}/ folder "
-            "from another machine"
-        )
-        try:
-            yield
-        except OSError as error:
-            if not downloading:
-                raise
-            # URLError, timeouts, refused connections, DNS failures (all OSError)
-            raise MissingFileError(
-                f"could not download {self.title} ({error}). Either {by_hand}."
-            ) from error
-        except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
-            automatic = (
-                "call prepare_data() first (the Trainer does), which downloads it"
-                if self.download
-                else "set data.download=true on a machine with internet"
-            )
-            raise MissingFileError(
-                f"{self.title} is missing or incomplete in {folder}/. Either {automatic}, "
-                f"or {by_hand}."
-            ) from error
-
-
 def _check_val_size(val_size: int | float) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, int | float):
-        raise TypeError(f"data.val_size must be a count or a fraction, got {val_size!r}")
+        raise SettingTypeError(f"data.val_size must be a count or a fraction, got {val_size!r}")
     if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
         raise ConfigError(
             f"data.val_size={val_size} as a fraction must be in [0, 1); "

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
+from convrepro.data.archive import ArchiveDataModule
 from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca
-from convrepro.data.base import ArchiveDataModule
 from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip, image_pipeline
 from convrepro.errors import ConfigError
 
@@ -48,13 +48,14 @@ class CIFAR10DataModule(ArchiveDataModule):
             (:class:`~convrepro.data.augment.PCALighting`; the paper's 0.1), fitted to the pixels
             of the training split (held-out validation images excluded) and cached in
             ``data_dir``. ``0`` switches it off.
-        **kwargs: Everything else of :class:`~convrepro.data.base.ArchiveDataModule` and
+        **kwargs: Everything else of :class:`~convrepro.data.archive.ArchiveDataModule` and
             :class:`~convrepro.data.base.BaseImageDataModule` (batch size, workers, seed, ...).
     """
 
     title = "CIFAR-10"
     folder = CIFAR10.base_folder
     url = CIFAR10.url
+    image_size = 32
 
     def __init__(
         self,
@@ -110,5 +111,5 @@ class CIFAR10DataModule(ArchiveDataModule):
 
     def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
         # torchvision keeps CIFAR-10 as one (N, 32, 32, 3) uint8 array and a list of labels.
-        images = torch.from_numpy(source.data).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(source.data).permute(0, 3, 1, 2)
         return images, torch.as_tensor(source.targets, dtype=torch.long)

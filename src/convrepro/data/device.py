@@ -20,6 +20,7 @@ in (so on batch size and device count).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -30,7 +31,9 @@ from torchvision.transforms import InterpolationMode, v2
 from convrepro.data.augment import batch as batched
 from convrepro.data.augment.batch import MAX_UINT8, BatchStep
 from convrepro.data.augment.lighting import PCALighting
-from convrepro.data.sampling import AUGMENT_STREAM, derive_seed
+from convrepro.data.sampling import AUGMENT_STREAM, derive_seed, sample_key
+from convrepro.data.transforms import pipeline_parts
+from convrepro.errors import ConfigError
 
 
 class DevicePipeline:
@@ -57,6 +60,9 @@ class DevicePipeline:
         self.float_steps = list(float_steps)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        # Without float steps, scaling to [0, 1] and normalizing are one multiply-subtract.
+        self.scale = 1.0 / (MAX_UINT8 * self.std)
+        self.shift = self.mean / self.std
 
     @classmethod
     def from_transform(
@@ -65,24 +71,18 @@ class DevicePipeline:
         """The batched equivalent of an ``image_pipeline``, for batches on ``device``:
         ``[ToImage, *steps, ToDtype(float32, scale=True), *colour_steps, Normalize]``."""
         device = torch.device(device)
-        transforms = list(getattr(transform, "transforms", []))
-        to_float = next((i for i, t in enumerate(transforms) if _is_float_scaling(t)), None)
-        if (
-            to_float is None
-            or not isinstance(transforms[0], v2.ToImage)
-            or not isinstance(transforms[-1], v2.Normalize)
-        ):
-            raise ValueError(
+        parts = pipeline_parts(transform)
+        if parts is None:
+            raise ConfigError(
                 "data.device_resident needs a transform built by convrepro.data.transforms."
                 "image_pipeline (ToImage, ..., ToDtype(float32, scale=True), ..., Normalize), "
                 f"got {transform}"
             )
-        normalize = transforms[-1]
         return cls(
-            [_batch_step(t, device) for t in transforms[1:to_float]],
-            [_batch_step(t, device) for t in transforms[to_float + 1 : -1]],
-            normalize.mean,
-            normalize.std,
+            _fused([_batch_step(t, device) for t in parts.steps]),
+            [_batch_step(t, device) for t in parts.colour_steps],
+            parts.stats.mean,
+            parts.stats.std,
             device,
         )
 
@@ -90,18 +90,29 @@ class DevicePipeline:
         """uint8 (N, C, H, W) -> augmented, normalized float32 (N, C, H', W')."""
         for step in self.steps:
             images = step(images, generator)
+        if not self.float_steps:
+            return images.float().mul_(self.scale).sub_(self.shift)
         images = images.float().div_(MAX_UINT8)
         for step in self.float_steps:
             images = step(images, generator)
         return images.sub_(self.mean).div_(self.std)
 
 
-def _is_float_scaling(transform: v2.Transform) -> bool:
-    return (
-        isinstance(transform, v2.ToDtype)
-        and transform.dtype == torch.float32
-        and bool(transform.scale)
-    )
+def _fused(steps: list[BatchStep]) -> list[BatchStep]:
+    """``steps`` with each crop that is followed by a flip done as one crop-and-flip: one pass
+    over the batch instead of two, with the same random draws in the same order."""
+    fused: list[BatchStep] = []
+    for step in steps:
+        previous = fused[-1] if fused else None
+        if (
+            isinstance(step, batched.HorizontalFlip)
+            and isinstance(previous, batched.RandomCrop)
+            and not previous.flip
+        ):
+            fused[-1] = dataclasses.replace(previous, flip=step.p)
+        else:
+            fused.append(step)
+    return fused
 
 
 def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
@@ -112,8 +123,10 @@ def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
     bilinear = interpolation == InterpolationMode.BILINEAR
     match transform:
         case v2.RandomCrop(padding_mode="constant", pad_if_needed=False, fill=int() | float()):
-            padding = tuple(transform.padding or (0, 0, 0, 0))  # left, right, top, bottom
-            return batched.RandomCrop(tuple(transform.size), padding, transform.fill)
+            left, top, right, bottom = transform.padding or (0, 0, 0, 0)
+            return batched.RandomCrop(
+                tuple(transform.size), (left, right, top, bottom), transform.fill
+            )
         case v2.RandomHorizontalFlip():
             return batched.HorizontalFlip(transform.p)
         case v2.Resize(max_size=None) if bilinear:
@@ -128,7 +141,7 @@ def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
             )
         case PCALighting():
             return copy.deepcopy(transform).to(device)  # a BatchStep of its own
-    raise ValueError(
+    raise ConfigError(
         f"data.device_resident cannot run {transform} on the device (supported: RandomCrop with "
         "constant padding, RandomHorizontalFlip, bilinear Resize and RandomResizedCrop, "
         "ColorJitter without hue, PCALighting); set data.device_resident: false"
@@ -170,6 +183,7 @@ class DeviceBatches:
         self.pipeline = pipeline
         self.batch_sampler = batch_sampler
         self.seed = seed
+        self.stream_seed = derive_seed(seed, AUGMENT_STREAM)
         self.generator = torch.Generator(device=images.device)
 
     @classmethod
@@ -203,7 +217,7 @@ class DeviceBatches:
         positions = positions.to(self.device).split([len(batch) for batch in batches])
         for batch, index in zip(batches, positions, strict=True):
             epoch, first = batch[0]
-            self.generator.manual_seed(derive_seed(self.seed, AUGMENT_STREAM, epoch, first))
+            self.generator.manual_seed(sample_key(self.stream_seed, epoch, first))
             images = self.images.index_select(0, index)
             yield self.pipeline(images, self.generator), self.labels.index_select(0, index)
 

@@ -3,75 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
 
 from convrepro.data.augment.scales import TrainingScale
 from convrepro.data.base import BaseImageDataModule, SourceName, SplitView
+from convrepro.data.images import ImageFiles, describe_unreadable, find_unreadable
 from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip, image_pipeline
 from convrepro.errors import ConfigError, MissingFileError
 
 # Eval resizes to image_size / 0.875 before the center crop: torchvision's 256 -> 224.
 CENTER_CROP_FRACTION = 0.875
-MAX_LISTED_BAD_FILES = 10
-
-
-def load_rgb(path: str, reduced: bool = False) -> Image.Image:
-    """Any readable image file as 8-bit RGB, upright according to its EXIF orientation.
-
-    Grayscale, palette, alpha (dropped), CMYK and 16-bit images are converted; 16-bit values are
-    scaled down rather than clipped, which would turn most pixels white. ``reduced`` lets JPEG
-    decode at 1/8 scale: every byte is still read, so damage is still found, but faster.
-    """
-    with Image.open(path) as image:
-        if reduced:
-            image.draft("RGB", (1, 1))
-        upright = ImageOps.exif_transpose(image)
-    if upright.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        high_bits = np.clip(np.asarray(upright), 0, 65535).astype(np.uint16) >> 8
-        upright = Image.fromarray(high_bits.astype(np.uint8))
-    elif upright.mode in ("P", "PA"):
-        upright = upright.convert("RGBA")  # palette transparency would warn in convert("RGB")
-    return upright.convert("RGB")
-
-
-def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
-    """Files that :func:`load_rgb` cannot decode, with the reason (empty, truncated, not an
-    image...). Decodes every file once, in threads (PIL releases the GIL while decoding)."""
-
-    def problem(path: str) -> str | None:
-        try:
-            load_rgb(path, reduced=True)
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... per codec
-            return f"{type(error).__name__}: {error}"
-        return None
-
-    with ThreadPoolExecutor() as pool:
-        problems = list(pool.map(problem, paths))
-    return {path: reason for path, reason in zip(paths, problems, strict=True) if reason}
-
-
-class ImageFiles(Dataset):
-    """``(path, class index)`` pairs, read as RGB PIL images."""
-
-    def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
-        self.samples = list(samples)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[index]
-        return load_rgb(path), label
 
 
 class ImageFolderDataModule(BaseImageDataModule):
@@ -207,7 +155,7 @@ class ImageFolderDataModule(BaseImageDataModule):
 
     def _build_split(self, name: str) -> SplitView:
         split = super()._build_split(name)
-        if name != "test":
+        if name not in ("test", "predict"):  # one's own images are tested like the test split
             return split
         if self.test_whole_image and self.per_device_batch_size != 1:
             raise ConfigError(
@@ -228,12 +176,18 @@ class ImageFolderDataModule(BaseImageDataModule):
         if not (root / "train").is_dir():
             missing = f"{root}/" if not root.is_dir() else f"{root / 'train'}/"
             raise MissingFileError(f"no image folder at {missing}. {self._layout()}")
-        classes, _ = find_classes(root / "train")
+        classes = _class_folders(root / "train")
+        if len(classes) < 2:
+            found = f"only one, {classes[0]}/" if classes else "none"
+            raise ConfigError(
+                f"{root / 'train'} needs a folder per class, at least two ({found}): put each "
+                f"class's images in a folder of its own, {root / 'train'}/<class>/<images>."
+            )
         for folder in (self._folder("val"), self._folder("test")):
             if folder is None or not folder.is_dir():
                 continue
             other = folder.name
-            other_classes, _ = find_classes(folder)
+            other_classes = _class_folders(folder)
             only_train = sorted(set(classes) - set(other_classes))
             only_other = sorted(set(other_classes) - set(classes))
             if only_train or only_other:
@@ -270,20 +224,48 @@ class ImageFolderDataModule(BaseImageDataModule):
         if not folder.is_dir():
             raise MissingFileError(f"no {folder.name}/ folder in {self.data_dir}. {self._layout()}")
         class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        samples = make_dataset(
+            str(folder), class_to_idx, is_valid_file=_visible_image(folder), allow_empty=True
+        )
+        empty = sorted(set(class_to_idx) - {self._class_names[label] for _, label in samples})
+        if empty:
+            raise ConfigError(
+                f"no image files ({', '.join(IMG_EXTENSIONS)}) in "
+                f"{', '.join(f'{folder / name}/' for name in empty)}: add images, or remove the "
+                "class from every split."
+            )
         bad = find_unreadable([path for path, _ in samples])
         if bad:
             self._report_bad_files(folder, bad)
         return ImageFiles([sample for sample in samples if sample[0] not in bad])
 
     def _report_bad_files(self, folder: Path, bad: dict[str, str]) -> None:
-        first = list(bad.items())[:MAX_LISTED_BAD_FILES]
-        listed = [f"  {path}: {reason}" for path, reason in first]
-        if len(bad) > MAX_LISTED_BAD_FILES:
-            listed.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more")
-        summary = f"{len(bad)} unreadable image files in {folder}:\n" + "\n".join(listed)
+        summary = describe_unreadable(folder, bad)
         if self.on_bad_image == "error":
             raise ConfigError(
                 f"{summary}\nFix or delete them, or set data.on_bad_image=skip to leave them out."
             )
         rank_zero_warn(f"Skipping {summary}")
+
+
+def _is_hidden(name: str) -> bool:
+    """Hidden and system entries (``.git``, ``.ipynb_checkpoints``, ``__MACOSX``, ``._x.jpg``)."""
+    return name.startswith((".", "__"))
+
+
+def _class_folders(split: Path) -> list[str]:
+    """The class folder names of a split folder, sorted; hidden and system folders are none."""
+    return sorted(e.name for e in os.scandir(split) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _visible_image(split: Path) -> Callable[[str], bool]:
+    """Whether a file under ``split`` is an image to read: an image file name, and nothing on
+    its path hidden (a notebook's ``.ipynb_checkpoints/`` copy of a class's images)."""
+
+    def visible(path: str) -> bool:
+        parts = Path(path).relative_to(split).parts
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not any(
+            _is_hidden(part) for part in parts
+        )
+
+    return visible

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import STL10
 from torchvision.transforms import v2
 
-from convrepro.data.base import ArchiveDataModule
+from convrepro.data.archive import ArchiveDataModule
 from convrepro.data.transforms import STL10_STATS, horizontal_flip, image_pipeline
 from convrepro.errors import ConfigError
 
@@ -49,13 +49,14 @@ class STL10DataModule(ArchiveDataModule):
             (``RandomResizedCrop(scale=...)``, aspect ratio 3/4 to 4/3).
         color_jitter: Strength of random brightness, contrast and saturation changes
             (``ColorJitter(b, c, s)``); ``0`` disables it.
-        **kwargs: Everything else of :class:`~convrepro.data.base.ArchiveDataModule` and
+        **kwargs: Everything else of :class:`~convrepro.data.archive.ArchiveDataModule` and
             :class:`~convrepro.data.base.BaseImageDataModule` (batch size, workers, seed, ...).
     """
 
     title = "STL-10"
     folder = STL10.base_folder
     url = STL10.url
+    image_size = 96
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
+from convrepro.errors import ConfigError
+
 # ITU-R 601 luma weights, as torchvision's grayscale conversion uses them.
 _LUMA = (0.2989, 0.587, 0.114)
 MAX_UINT8 = 255.0
@@ -37,18 +39,24 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Ten
 
 @dataclass(frozen=True)
 class RandomCrop:
-    """``v2.RandomCrop``: pad with ``fill``, then a uniformly placed ``size`` crop per image."""
+    """``v2.RandomCrop``: pad with ``fill``, then a uniformly placed ``size`` crop per image.
+
+    With ``flip > 0`` each crop is also mirrored with probability ``flip``: a following
+    :class:`HorizontalFlip` folded into the same gather (one pass over the batch, not two), with
+    the same draws as the two steps run one after the other.
+    """
 
     size: tuple[int, int]
     padding: tuple[int, int, int, int]  # left, right, top, bottom (F.pad order)
     fill: float = 0
+    flip: float = 0.0
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         padded = F.pad(images, self.padding, value=self.fill)
         n, channels, padded_height, padded_width = padded.shape
         height, width = self.size
         if padded_height < height or padded_width < width:
-            raise ValueError(
+            raise ConfigError(
                 f"crop size {self.size} is larger than the padded image "
                 f"({padded_height}, {padded_width})"
             )
@@ -57,9 +65,12 @@ class RandomCrop:
         shape = (n, 1, 1)
         tops = torch.randint(padded_height - height + 1, shape, generator=generator, device=device)
         lefts = torch.randint(padded_width - width + 1, shape, generator=generator, device=device)
+        columns = torch.arange(width, device=device).view(1, 1, width)
+        if self.flip:
+            mirrored = _uniform(n, 0.0, 1.0, generator).view(shape) < self.flip
+            columns = torch.where(mirrored, width - 1 - columns, columns)
         rows = tops + torch.arange(height, device=device).view(1, height, 1)
-        cols = lefts + torch.arange(width, device=device).view(1, 1, width)
-        pixels = (rows * padded_width + cols).view(n, 1, -1).expand(n, channels, -1)
+        pixels = (rows * padded_width + lefts + columns).view(n, 1, -1).expand(n, channels, -1)
         return padded.flatten(2).gather(2, pixels).view(n, channels, height, width)
 
 
@@ -107,7 +118,7 @@ class RandomResizedCrop:
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         if self.size[0] < images.shape[-2] or self.size[1] < images.shape[-1]:
             # Shrinking crops would need torchvision's antialiasing to match its distribution.
-            raise ValueError(
+            raise ConfigError(
                 f"data.device_resident: RandomResizedCrop to {self.size} would shrink "
                 f"{tuple(images.shape[-2:])} images; only crops to at least the image size run "
                 "on the device. Set data.device_resident: false"
@@ -129,7 +140,7 @@ class RandomResizedCrop:
         fits = (widths > 0) & (widths <= image_width) & (heights > 0) & (heights <= image_height)
         first = fits.int().argmax(dim=1, keepdim=True)  # 0 where nothing fits: replaced below
         found = fits.any(dim=1)
-        fallback_height, fallback_width = self._central_crop(image_height, image_width)
+        fallback_height, fallback_width = central_crop(image_height, image_width, self.ratio)
         height = torch.where(found, heights.gather(1, first).squeeze(1), fallback_height).long()
         width = torch.where(found, widths.gather(1, first).squeeze(1), fallback_width).long()
         top = (_uniform(n, 0.0, 1.0, generator) * (image_height - height + 1)).long()
@@ -138,13 +149,16 @@ class RandomResizedCrop:
         left = torch.where(found, left, (image_width - width) // 2)
         return top, left, height, width
 
-    def _central_crop(self, height: int, width: int) -> tuple[int, int]:
-        in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            return round(width / min(self.ratio)), width
-        if in_ratio > max(self.ratio):
-            return height, round(height * max(self.ratio))
-        return height, width
+
+def central_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """(height, width) of ``RandomResizedCrop``'s fallback when no draw fits: the whole image,
+    narrowed to the nearest aspect ratio in ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return round(width / min(ratio)), width
+    if in_ratio > max(ratio):
+        return height, round(height * max(ratio))
+    return height, width
 
 
 def resized_crop(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from convrepro.errors import ConfigError
 from convrepro.runs.files import write_atomic
 
 # Pixels per chunk of the covariance pass: bounds the float64 copy to ~25 MB.
@@ -106,7 +107,7 @@ class PCALighting(nn.Module):
     def __init__(self, pca: RGBPCA, std: float = 0.1) -> None:
         super().__init__()
         if std < 0:
-            raise ValueError(f"the PCA lighting std must be >= 0, got {std}")
+            raise ConfigError(f"data.pca_lighting (the PCA lighting std) must be >= 0, got {std}")
         self.pca = pca
         self.std = std
         # Row i is the shift of alpha_i = 1: sqrt(lambda_i) * p_i.

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from convrepro.errors import ConfigError
+
 
 class TrainingScale(nn.Module):
     """Rescale an image isotropically so that its shorter side is the training scale S.
@@ -27,8 +29,8 @@ class TrainingScale(nn.Module):
         super().__init__()
         low, high = (scale, scale) if isinstance(scale, int) else tuple(scale)
         if not 0 < low <= high:
-            raise ValueError(
-                f"the training scale must be a positive S or a range [Smin, Smax] with "
+            raise ConfigError(
+                f"data.train_scale must be a positive S or a range [Smin, Smax] with "
                 f"0 < Smin <= Smax, got {scale!r}"
             )
         self.low, self.high = low, high

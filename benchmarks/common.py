@@ -1,0 +1,77 @@
+"""What the benchmark's measuring processes share: their settings and the device they run on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a measuring process needs (picklable: it crosses a process boundary)."""
+
+    config: dict[str, Any]
+    data_dir: str
+    made_up: bool
+    folder_dir: str  # an image folder (``train/<class>/<files>``) for the folder loaders
+    batch_size: int
+    num_workers: int
+    warmup: int
+    windows: int
+    steps: int
+    threads: int
+    delivery_seconds: float
+
+    @property
+    def data_args(self) -> dict[str, Any]:
+        """The config's CIFAR10DataModule arguments with the benchmark's data, batch, workers.
+        No validation split: (a) trains on every training image, so (b) and (c) do too."""
+        args = dict(self.config["data"].get("init_args") or {})
+        args.update(
+            data_dir=self.data_dir,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            val_size=0,
+            download=False,
+        )
+        return args
+
+    @property
+    def image_size(self) -> int:
+        return self.data_args.get("resize") or 32
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(on: torch.device) -> None:
+    if on.type == "cuda":
+        torch.cuda.synchronize(on)
+
+
+def device_name(of: torch.device) -> str:
+    if of.type == "cuda":
+        return torch.cuda.get_device_name(of)
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "CPU",
+    )
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def peak_memory() -> dict[str, float | str]:
+    if torch.cuda.is_available():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "memory": "CUDA"}
+    max_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_gib": max_rss_kib / 2**20, "memory": "max RSS of the process"}
