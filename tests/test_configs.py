@@ -99,6 +99,7 @@ def test_config_runs_one_step(config, tmp_path, monkeypatch, fake_imagenet_downl
     logits = cli.model.backbone.classifier[-1].out_features
     assert logits == cli.datamodule.num_classes
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+    assert not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run saves no checkpoint
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ a stop signal that could kill the test process if handled wrongly is tested in a
 
 from __future__ import annotations
 
-import os
 import pickle
+import random
 import shutil
 import signal
 from collections.abc import Callable
@@ -55,6 +55,9 @@ from torch import nn
 from convrepro.training.classifier import ImageClassifier
 
 from tiny_backbone import TinyNet
+
+# Damaged files of every kind: tests/test_weights.py
+RANDOM_BYTES = random.Random(0).randbytes(99)
 
 
 def fit(*extra: str) -> list[str]:
@@ -216,7 +219,7 @@ ROWS = [
     ),
     # 6: --ckpt_path files that are not checkpoints, read by the same reader as weights=.
     bad_ckpt("text", "--ckpt_path: ", lambda p: p.write_text("hello")),
-    bad_ckpt("random bytes", "--ckpt_path: ", lambda p: p.write_bytes(os.urandom(99))),
+    bad_ckpt("random bytes", "--ckpt_path: ", lambda p: p.write_bytes(RANDOM_BYTES)),
     bad_ckpt("empty", "--ckpt_path: cannot read", lambda p: p.write_bytes(b"")),
     bad_ckpt("pickled list", "holds no state dict (list)", save([1, 2])),
     bad_ckpt(

@@ -1,7 +1,9 @@
 """Reading weight files (plain, Lightning, compiled), finding the network in them, and loading them
 strictly but for the head, through the one helper both families' ``weights=`` use."""
 
+import io
 import pickle
+import random
 from collections import OrderedDict
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from convrepro.errors import DownloadError, MissingFileError
+from convrepro.errors import ConfigError, DownloadError, MissingFileError
 from convrepro.models import (
     VGG,
     AlexNet,
@@ -134,6 +136,34 @@ def test_corrupt_and_truncated_files(net, tmp_path):
     for name in ["text.pt", "cut.pt"]:
         with pytest.raises(ValueError, match="not a PyTorch file"):
             load_state_dict_file(tmp_path / name)
+
+
+def test_damaged_files_of_any_kind_are_one_config_error(net, tmp_path, recwarn):
+    """Random bytes and checkpoints with bytes changed or cut off fail torch's weights-only
+    unpickler in many ways (IndexError, UnicodeDecodeError, struct.error, AssertionError, ...):
+    each is the same user error, and no warning about odd pickle protocols reaches the user."""
+    rng = random.Random(0)
+    saved = io.BytesIO()
+    torch.save(net.state_dict(), saved)
+    legacy = io.BytesIO()
+    torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    damaged = [rng.randbytes(rng.choice([1, 7, 99, 500])) for _ in range(600)]
+    for original in (saved.getvalue(), legacy.getvalue()):
+        for _ in range(300):
+            content = bytearray(original)
+            for _ in range(rng.choice([1, 4, 16])):
+                content[rng.randrange(len(content))] = rng.randrange(256)
+            damaged.append(bytes(content[: rng.randrange(1, len(content) + 1)]))
+    path = tmp_path / "damaged.pt"
+    for content in damaged:
+        path.write_bytes(content)
+        try:
+            load_state_dict_file(path)
+        except ConfigError:
+            continue
+        except Exception as error:
+            pytest.fail(f"{content[:40]!r}...: {type(error).__name__}: {error}")
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
 # --- network_state_dict --------------------------------------------------------------------------

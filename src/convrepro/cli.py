@@ -43,6 +43,7 @@ from convrepro.reliability import (
     ExactResume,
     PeriodicCheckpoint,
     PreemptionCheckpoint,
+    RunCheckpoint,
 )
 from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
@@ -265,7 +266,7 @@ def _training_safety_callbacks(trainer: Namespace, run: RunFolder, options: Name
     ]
     if not _has_callback(trainer, ModelCheckpoint):
         callbacks.append(
-            ModelCheckpoint(
+            RunCheckpoint(
                 dirpath=run.checkpoints,
                 filename=Path(RunFolder.BEST_CHECKPOINT).stem,
                 monitor=metrics.VAL_ACC,

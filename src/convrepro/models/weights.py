@@ -19,8 +19,8 @@ from convrepro.errors import ConfigError, DownloadError, MissingFileError
 # torch.compile wraps a module as `_orig_mod`, which appears as a key component in state dicts.
 _COMPILE_WRAPPER = "_orig_mod"
 _MAX_KEYS_SHOWN = 5
-# What torch.load raises for a file that is truncated, corrupted or no PyTorch file at all.
-_DAMAGED_FILE_ERRORS = (RuntimeError, KeyError, EOFError)
+# The first bytes of a file that is no pickle read as a protocol number torch warns about.
+_PROTOCOL_WARNING = "Detected pickle protocol"
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -34,7 +34,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_PROTOCOL_WARNING)
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConfigError(
             f"refusing to read {path}: torch.load(weights_only=True) rejected it. Either it "
@@ -46,9 +48,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         raise MissingFileError(
             f"no weights file at {path}; pass the path of a state dict or Lightning checkpoint"
         ) from err
-    except _DAMAGED_FILE_ERRORS as err:
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    except Exception as err:
+        # Damaged bytes fail torch's unpickler in any way (IndexError, UnicodeDecodeError,
+        # struct.error, ...); weights_only means none of them ran code from the file.
         raise ConfigError(
-            f"cannot read {path}: it is not a PyTorch file, or truncated/corrupted ({err!s:.200})"
+            f"cannot read {path}: it is not a PyTorch file, or truncated/corrupted "
+            f"({type(err).__name__}: {err!s:.200})"
         ) from err
 
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
@@ -270,8 +277,9 @@ def _download(entry: WeightsEnum) -> dict[str, Tensor]:
             f"it at {target} (the torch hub cache under $TORCH_HOME), or pass the file's path "
             "as weights=..."
         ) from err
-    except (pickle.UnpicklingError, *_DAMAGED_FILE_ERRORS) as err:
-        # A hash mismatch while downloading (a RuntimeError), or a damaged cached file.
+    except Exception as err:
+        # A hash mismatch while downloading (a RuntimeError), or a damaged cached file (which
+        # fails the weights-only unpickler in any way).
         raise DownloadError(
             f"{entry!r}: the downloaded or cached file {target} is damaged ({err!s:.200}). "
             f"Delete it and run again, or fetch {entry.url} by other means and put it there."

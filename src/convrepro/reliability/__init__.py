@@ -6,7 +6,11 @@ The CLI adds all of these to every ``fit``; they are plain Lightning callbacks a
 script with its own Trainer can use them too.
 """
 
-from convrepro.reliability.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint
+from convrepro.reliability.checkpoint_io import (
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    RunCheckpoint,
+)
 from convrepro.reliability.divergence import DivergenceGuard
 from convrepro.reliability.preemption import PreemptionCheckpoint, StopRequested
 from convrepro.reliability.resume import ExactResume
@@ -17,5 +21,6 @@ __all__ = [
     "ExactResume",
     "PeriodicCheckpoint",
     "PreemptionCheckpoint",
+    "RunCheckpoint",
     "StopRequested",
 ]
