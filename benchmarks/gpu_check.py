@@ -229,7 +229,19 @@ def check_gpu_tests(sizes: Sizes, scratch: Path) -> dict[str, Any]:
     # Only the files that use the marker: collecting the whole suite would take longer than
     # running these tests.
     files = [str(f) for f in sorted(TESTS.glob("test_*.py")) if "mark.gpu" in f.read_text()]
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+    # One process (-n 0): the suite's own two workers would each import torch for a few tests.
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-n",
+        "0",
+        "-p",
+        "no:cacheprovider",
+    ]
     result = subprocess.run(
         [*command, f"--junitxml={xml}", *files],
         cwd=ROOT,

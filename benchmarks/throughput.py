@@ -12,7 +12,8 @@ Three ways to train the config's backbone on CIFAR-10, side by side:
 (c) fast: the same with the fast path's settings for this device: device-resident data,
     channels_last and cuDNN autotuning; on a GPU also the CLI's mixed precision and torch.compile.
 
-Each runs in a fresh process (no warm caches from the others; its own peak memory): ``--warmup``
+Each runs in a process of its own (no warm caches from the others; its own peak memory), forked
+from a server that has only imported the libraries (so ~10 s of imports are paid once): ``--warmup``
 steps, then ``--windows`` windows of ``--steps`` optimizer steps, timed at step boundaries with
 the device synchronized there; a path's images/s is the median over its windows (pooled over
 ``--rounds``, which interleave the paths so that drifts in machine load hit all alike; the best
@@ -68,6 +69,9 @@ from convrepro.training.classifier import ImageClassifier
 
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 PARTS = ("training", "delivery")
+#: What the server the measuring processes fork from imports before it forks any: it never runs
+#: a measurement, and it does not touch CUDA (forking a process that has is unsafe).
+PRELOADED = ["torch", "torchvision", "lightning.pytorch", "convrepro.cli"]
 
 
 class StepClock:
@@ -225,8 +229,9 @@ def _measure_in_child(name: str, spec: Spec, results: multiprocessing.Queue) -> 
 
 
 def measure(name: str, spec: Spec) -> dict[str, Any]:
-    """Run ``RUNNERS[name]`` in a fresh process; its result, or its error raised here."""
-    context = multiprocessing.get_context("spawn")
+    """Run ``RUNNERS[name]`` in a process of its own; its result, or its error raised here."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOADED)  # read when the server starts: the first call
     results = context.Queue()
     process = context.Process(target=_measure_in_child, args=(name, spec, results))
     process.start()

@@ -1,10 +1,13 @@
 """benchmarks/throughput.py and gpu_check.py end to end on the CPU, tiny settings: their reports,
-not their timings."""
+not their timings.
+
+Their ``main`` runs in this process (a script's start would import torch and Lightning again);
+the processes they start themselves are theirs: throughput's measuring processes (forked from one
+server per test process, which the tests here share), gpu_check's runs of other scripts.
+"""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,12 +40,19 @@ def test_made_up_cifar10_reads_back_through_torchvision(tmp_path):
     assert source.classes == datamodule.class_names
 
 
-@pytest.mark.slow  # five fresh processes that import torch and Lightning: ~50 s on 2 cores
-def test_throughput_benchmark_writes_sane_reports(tmp_path):
+@pytest.fixture
+def benchmarks(monkeypatch):
+    """The scripts in benchmarks/ importable, as when run from there."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.mark.slow  # four measuring processes: ~40 s on 2 cores
+def test_throughput_benchmark_writes_sane_reports(tmp_path, benchmarks, capsys):
+    import throughput
+
     out = tmp_path / "results"
     command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "throughput.py"),
         "--config=configs/vgg11_cifar.yaml",
         "--steps=2",
         "--warmup=1",
@@ -55,8 +65,7 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         f"--data-dir={tmp_path / 'no-cifar-here'}",
         f"--out={out}",
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
+    throughput.main(command)
 
     report = json.loads((out / "throughput_vgg11_cifar_cpu.json").read_text())
     assert report["data"] == "made-up images in CIFAR-10's format (48)"
@@ -98,15 +107,15 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path):
         assert table.count(title) == 2  # the training table and the data delivery table
     for title in ("(a) plain loader, image folder", "(b) ImageFolderDataModule"):
         assert table.count(title) == 1
-    assert result.stdout.endswith(table)  # and printed
+    assert capsys.readouterr().out.endswith(table)  # and printed
 
 
-@pytest.mark.slow  # one fresh process for the five loaders: ~30 s on 2 cores
-def test_delivery_alone_keeps_the_report_keys(tmp_path):
+@pytest.mark.slow  # one measuring process for the five loaders: ~10 s on 2 cores
+def test_delivery_alone_keeps_the_report_keys(tmp_path, benchmarks):
+    import throughput
+
     out = tmp_path / "results"
     command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "throughput.py"),
         "--config=configs/vgg11_cifar.yaml",
         "--only=delivery",
         "--warmup=1",
@@ -117,8 +126,7 @@ def test_delivery_alone_keeps_the_report_keys(tmp_path):
         f"--data-dir={tmp_path / 'no-cifar-here'}",
         f"--out={out}",
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
+    throughput.main(command)
     report = json.loads((out / "throughput_vgg11_cifar_cpu_delivery.json").read_text())
     assert "runs" not in report and set(LOADERS) <= set(report["data_delivery"])
     assert set(report["ratios"]) == {
@@ -130,14 +138,13 @@ def test_delivery_alone_keeps_the_report_keys(tmp_path):
     assert "## Data delivery alone" in table and "| path | settings |" not in table
 
 
-@pytest.mark.slow  # the GPU check's every part on tiny sizes: ~2 minutes on 2 shared cores
-def test_gpu_check_runs_in_cpu_mode(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu"]
-    result = subprocess.run(
-        [*command, f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+@pytest.mark.slow  # the GPU check's every part on tiny sizes: ~1 minute on 2 cores
+def test_gpu_check_runs_in_cpu_mode(tmp_path, benchmarks):
+    import gpu_check
+
+    exit_status = gpu_check.main(["--cpu", f"--out={tmp_path}"])
     report = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
-    assert result.returncode == 0, json.dumps(report, indent=2)[-5000:]
+    assert exit_status == 0, json.dumps(report, indent=2)[-5000:]
     checks = report["checks"]
     assert report["mode"] == "cpu" and report["passed"]
     assert set(checks) == {"throughput", "fast_configs", "lrn", "gpu_tests"}

@@ -1,4 +1,12 @@
-"""End to end through main.py: fit, test and predict from the saved checkpoint; W&B offline; DDP."""
+"""End to end through the CLI: fit, test and predict from the saved checkpoint; W&B offline; DDP.
+
+The commands run in this process (``bad_inputs.in_workdir`` makes it look like a fresh one: its
+own working directory, W&B offline, made-up data accepted); a fresh interpreter costs about 12 s
+of CPU for importing torch and Lightning. ``main.py`` itself runs as a subprocess where only a
+process of its own can show it: DDP (Lightning starts the second process by running the script
+again), the first start's output (test_console), signals and exit statuses (test_reliability_*,
+test_predict).
+"""
 
 import csv
 import os
@@ -8,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bad_inputs import in_workdir
+from bad_inputs import run_main as run_in_process
 
 from convrepro.runs import RunFolder
 from convrepro.testing import make_cifar10, skip_md5_checks
@@ -56,6 +66,23 @@ def cifar_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def workdir(cifar_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``cifar_dir`` as the working directory of commands run by :func:`cli`."""
+    in_workdir(cifar_dir, monkeypatch)
+    return cifar_dir
+
+
+def cli(*args: str) -> None:
+    """``main.py ARGS`` in this process; it must succeed. Its W&B run ends as at a process exit."""
+    import wandb
+
+    try:
+        assert run_in_process(list(args)) == 0
+    finally:
+        wandb.finish()
+
+
 def only_run_dir(cwd: Path) -> Path:
     runs = list((cwd / "runs" / "vgg11_cifar").iterdir())
     assert len(runs) == 1, runs
@@ -63,9 +90,9 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_fit_test_predict_from_checkpoint(cifar_dir):
-    run_main(cifar_dir, "fit", *TINY_ARGS, "--trainer.max_epochs=2")
-    run_dir = only_run_dir(cifar_dir)
+def test_fit_test_predict_from_checkpoint(workdir):
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=2")
+    run_dir = only_run_dir(workdir)
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -79,12 +106,12 @@ def test_fit_test_predict_from_checkpoint(cifar_dir):
     assert summary.best_val_acc > 0.3  # 10 classes: chance is 0.1
 
     best = run_dir / "checkpoints" / "best.ckpt"
-    run_main(cifar_dir, "test", *TINY_ARGS, f"--ckpt_path={best}")
+    cli("test", *TINY_ARGS, f"--ckpt_path={best}")
     summary = RunFolder(run_dir).read_summary()
     assert 0.3 < summary.test["test/acc"] <= 1.0
     assert summary.test["test/acc_top5"] >= summary.test["test/acc"]
 
-    run_main(cifar_dir, "predict", *TINY_ARGS, "--ckpt_path=best")
+    cli("predict", *TINY_ARGS, "--ckpt_path=best")
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     assert len(rows) == 200
     assert rows[0]["sample"] == "test/00000"
@@ -93,7 +120,7 @@ def test_fit_test_predict_from_checkpoint(cifar_dir):
     )
     assert all(0.0 < float(row["probability"]) <= 1.0 for row in rows)
     # test and predict wrote next to the training run instead of starting new ones
-    assert only_run_dir(cifar_dir) == run_dir
+    assert only_run_dir(workdir) == run_dir
 
 
 @pytest.mark.slow
@@ -134,24 +161,23 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
 
 
 @pytest.mark.slow
-def test_second_run_in_the_same_folder_gets_its_own_directory(cifar_dir):
+def test_second_run_in_the_same_folder_gets_its_own_directory(workdir):
     for _ in range(2):
-        run_main(cifar_dir, "fit", *TINY_ARGS, "--trainer.max_epochs=1")
-    runs = sorted((cifar_dir / "runs" / "vgg11_cifar").iterdir())
+        cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")
+    runs = sorted((workdir / "runs" / "vgg11_cifar").iterdir())
     assert len(runs) == 2
     assert all((run / "config.yaml").is_file() for run in runs)
 
 
 @pytest.mark.slow
-def test_csv_logger_replaces_wandb(cifar_dir):
-    run_main(
-        cifar_dir,
+def test_csv_logger_replaces_wandb(workdir):
+    cli(
         "fit",
         *TINY_ARGS,
         "--trainer.max_epochs=1",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
     )
-    run_dir = only_run_dir(cifar_dir)
+    run_dir = only_run_dir(workdir)
     assert not (run_dir / "wandb").exists()
     metrics = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert any(row.get("val/acc") for row in metrics)
