@@ -64,14 +64,11 @@ from convrepro.data import CIFAR10DataModule
 from convrepro.reliability.divergence import DivergenceGuard
 from convrepro.reliability.resume import ExactResume
 from convrepro.runs.console import silence_known_noise
-from convrepro.testing import accepting_made_up_files, make_cifar10
+from convrepro.testing import accepting_made_up_files, make_cifar10, preloaded_context
 from convrepro.training.classifier import ImageClassifier
 
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 PARTS = ("training", "delivery")
-#: What the server the measuring processes fork from imports before it forks any: it never runs
-#: a measurement, and it does not touch CUDA (forking a process that has is unsafe).
-PRELOADED = ["torch", "torchvision", "lightning.pytorch", "convrepro.cli"]
 
 
 class StepClock:
@@ -230,8 +227,7 @@ def _measure_in_child(name: str, spec: Spec, results: multiprocessing.Queue) -> 
 
 def measure(name: str, spec: Spec) -> dict[str, Any]:
     """Run ``RUNNERS[name]`` in a process of its own; its result, or its error raised here."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOADED)  # read when the server starts: the first call
+    context = preloaded_context()
     results = context.Queue()
     process = context.Process(target=_measure_in_child, args=(name, spec, results))
     process.start()

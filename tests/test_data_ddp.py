@@ -9,10 +9,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import BasePredictionWriter
 from test_data_base import NumberedDataModule, sample_id
 from torch import nn
+
+from convrepro.testing import start_processes
 
 WORLD_SIZE = 2
 # 9 validation and test images over 2 ranks in batches of 4: shards of 5 and 4 images, which
@@ -110,9 +111,7 @@ def free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ddp_training_shards_and_exact_evaluation(tmp_path):
-    mp.start_processes(
-        run_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
-    )
+    start_processes(run_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     assert all(r["per_device_batch"] == GLOBAL_BATCH // WORLD_SIZE for r in ranks)
 

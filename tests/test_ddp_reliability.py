@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from convrepro.cli import ConvReproCLI
 from convrepro.data import CIFAR10DataModule
 from convrepro.runs import RunFolder
-from convrepro.testing import make_cifar10, skip_md5_checks
+from convrepro.testing import make_cifar10, skip_md5_checks, start_processes
 from convrepro.training.classifier import ImageClassifier
 
 from tiny_backbone import TinyNet
@@ -106,11 +105,10 @@ def cifar(tmp_path_factory) -> Path:
 @pytest.mark.timeout(300)
 def test_two_processes_evaluate_and_step_like_one(cifar, tmp_path, monkeypatch):
     data_dir = str(cifar / "data" / "cifar10")
-    mp.start_processes(
+    start_processes(
         run_rank,
         args=(free_port(), data_dir, str(tmp_path)),
         nprocs=2,
-        start_method="spawn",
     )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     skip_md5_checks(monkeypatch)

@@ -5,6 +5,7 @@ format and one way past torchvision's md5 checks.
 * :mod:`~convrepro.testing.datasets`: CIFAR-10 pickles, STL-10 binaries, image folders.
 * :mod:`~convrepro.testing.integrity`: the md5 bypass (in a test, a block or a process).
 * :mod:`~convrepro.testing.ablation`: a finished ablation of made-up runs.
+* :mod:`~convrepro.testing.processes`: processes forked with torch and Lightning imported.
 
 Nothing here is needed to train; nothing in the package outside it imports it.
 """
@@ -22,6 +23,7 @@ from convrepro.testing.datasets import (
     make_stl10,
 )
 from convrepro.testing.integrity import accepting_made_up_files, skip_md5_checks
+from convrepro.testing.processes import preloaded_context, start_processes
 
 __all__ = [
     "BAD_FILES",
@@ -35,6 +37,8 @@ __all__ = [
     "make_image_folder",
     "make_images",
     "make_stl10",
+    "preloaded_context",
     "skip_md5_checks",
+    "start_processes",
     "write_made_up_ablation",
 ]
