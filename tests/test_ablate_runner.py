@@ -10,6 +10,7 @@ made-up CIFAR-10). tests/test_ablate_resume.py runs the real CLI, kills a grid a
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate import local, point, slurm, status
 from convrepro.ablate.__main__ import main
-from convrepro.ablate.point import FAILURE_FILE, SETTINGS_FILE, Status, status_of
+from convrepro.ablate.point import FAILURE_FILE, LOCK_FILE, SETTINGS_FILE, Status, status_of
 from convrepro.ablate.results import RESULT_COLUMNS
 from convrepro.ablate.spec import load_spec
 from convrepro.runs import RunFolder
@@ -323,6 +324,25 @@ def test_one_runs_a_single_point_and_names_unknown_ones(tmp_path, cifar_dir, fak
     assert "lrn-seed1: done already" in capsys.readouterr().out
     assert main(["one", str(ablation), "--arm", "bn", "--seed", "1"]) == 2
     assert "has no run 'bn' with seed 1: arms no-lrn, lrn, seeds 0, 1" in capsys.readouterr().err
+
+
+def test_a_point_another_launcher_is_running_is_left_alone(tmp_path, cifar_dir, fake_cli, capsys):
+    ablation, out = write_ablation(tmp_path, cifar_dir), tmp_path / "out"
+    folder = out / "runs" / "tiny_lrn" / "lrn-seed1"
+    folder.mkdir(parents=True)
+    one = ["one", str(ablation), "--arm", "lrn", "--seed", "1", "--out", str(out)]
+    with (folder / LOCK_FILE).open("a+") as held:  # as the other launcher's process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("process 4242 on node7\n")
+        held.flush()
+        assert main(one) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: lrn-seed1 is being run by process 4242 on node7")
+        assert error.count("\n") == 1
+        assert [p.name for p in folder.iterdir()] == [LOCK_FILE]  # nothing else written
+    # Released, as when that process ends, however it ends: now this launcher runs the point.
+    assert main(one) == 0
+    assert status_of(RunFolder(folder)) is Status.DONE
 
 
 def test_status_shows_each_point_and_fails_while_one_failed(

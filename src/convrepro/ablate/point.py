@@ -12,17 +12,22 @@ redoes it by hand; this process prints one line per step. A failed step is recor
 
 In a multi-process run (DDP: SLURM tasks, or the processes Lightning starts by running this command
 again) every process runs the same steps; only the first keeps the books (settings, headers, the
-failure record).
+failure record) and holds the run folder's lock (:data:`LOCK_FILE`): a second launcher reaching a
+point that is running (a sweep agent beside the local launcher, an array submitted twice) is
+refused instead of writing into the same checkpoints. The lock is the operating system's
+(``flock``), so a process that dies, even by ``kill -9``, leaves none behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -45,6 +50,8 @@ from convrepro.runs.folder import RunFolder
 SETTINGS_FILE = "ablation_run.json"
 #: The failed step of a run's last attempt (removed when the next attempt starts), for ``status``.
 FAILURE_FILE = "ablation_failure.json"
+#: Locked while a launcher runs the point; holds who that is (process id and host).
+LOCK_FILE = "ablation_run.lock"
 #: Exit statuses of a run stopped by SIGTERM or Ctrl+C after saving its interrupt checkpoint.
 INTERRUPTED = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 #: How long the other processes of a multi-process run wait for the first to write the summary
@@ -181,16 +188,30 @@ def run_point(
     """Finish ``run`` (see the module docstring); returns its failed step, if one failed."""
     folder = spec.run_folder(out, run)
     check_settings_unchanged(spec, out, [run])
-    status = status_of(folder)
-    if status is Status.DONE:
-        print(f"{run.id}: done already", flush=True)
-        return None
     primary = is_primary_process()
     folder.path.mkdir(parents=True, exist_ok=True)  # every process appends to its log
-    if primary:
-        (folder.path / FAILURE_FILE).unlink(missing_ok=True)  # this attempt's outcome counts
-        if not has_started(folder):  # a run that never trained takes today's settings
-            write_atomic(folder.path / SETTINGS_FILE, json.dumps(settings_of(spec, run), indent=2))
+    with _locked(folder, run) if primary else contextlib.nullcontext():
+        status = status_of(folder)  # under the lock: a launcher that held it may have finished
+        if status is Status.DONE:
+            print(f"{run.id}: done already", flush=True)
+            return None
+        if primary:
+            (folder.path / FAILURE_FILE).unlink(missing_ok=True)  # this attempt's outcome counts
+            if not has_started(folder):  # a run that never trained takes today's settings
+                settings = json.dumps(settings_of(spec, run), indent=2)
+                write_atomic(folder.path / SETTINGS_FILE, settings)
+        return _run_steps(spec, out, run, folder, status, launch, primary)
+
+
+def _run_steps(
+    spec: AblationSpec,
+    out: Path,
+    run: Run,
+    folder: RunFolder,
+    status: Status,
+    launch: Sequence[str],
+    primary: bool,
+) -> Failure | None:
     for step, args in steps(spec, out, run, status, launch):
         resuming = " (resuming from its checkpoint)" if status is Status.PARTIAL else ""
         print(f"{run.id}: {step}{resuming if step == 'fit' else ''}", flush=True)
@@ -208,6 +229,28 @@ def run_point(
             return failure
         print(f"{run.id}: {step} done in {time.monotonic() - started:.0f} s", flush=True)
     return None
+
+
+@contextlib.contextmanager
+def _locked(folder: RunFolder, run: Run) -> Iterator[None]:
+    """Hold the lock of ``run``'s folder, or refuse if another launcher holds it."""
+    with (folder.path / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AblationError(
+                f"{run.id} is being run by {holder} (it holds {handle.name}); this launcher "
+                "leaves it alone. Its progress: python -m convrepro.ablate status"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_primary_process() -> bool:
