@@ -173,3 +173,7 @@ def test_slurm_options_become_submitit_parameters():
     overridden = options.with_overrides({"time": "90", "nodes": "1", "sbatch": {"exclude": "n3"}})
     assert overridden.time_minutes() == 90 and overridden.nodes == 1
     assert dict(overridden.sbatch) == {"constraint": "a100", "exclude": "n3"}
+    assert options.max_timeouts == 3  # submitit's default
+    assert options.with_overrides({"max_timeouts": "12"}).max_timeouts == 12
+    with pytest.raises(AblationError, match="max_timeouts must be a whole number >= 0"):
+        options.with_overrides({"max_timeouts": "-1"})

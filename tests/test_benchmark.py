@@ -41,14 +41,15 @@ def test_made_up_cifar10_reads_back_through_torchvision(tmp_path):
 
 
 @pytest.fixture
-def benchmarks(monkeypatch):
+def scripts_importable(monkeypatch):
     """The scripts in benchmarks/ importable, as when run from there."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     monkeypatch.chdir(ROOT)
 
 
+@pytest.mark.benchmarks
 @pytest.mark.slow  # four measuring processes: ~40 s on 2 cores
-def test_throughput_benchmark_writes_sane_reports(tmp_path, benchmarks, capsys):
+def test_throughput_benchmark_writes_sane_reports(tmp_path, scripts_importable, capsys):
     import throughput
 
     out = tmp_path / "results"
@@ -110,8 +111,9 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path, benchmarks, capsys):
     assert capsys.readouterr().out.endswith(table)  # and printed
 
 
+@pytest.mark.benchmarks
 @pytest.mark.slow  # one measuring process for the five loaders: ~10 s on 2 cores
-def test_delivery_alone_keeps_the_report_keys(tmp_path, benchmarks):
+def test_delivery_alone_keeps_the_report_keys(tmp_path, scripts_importable):
     import throughput
 
     out = tmp_path / "results"
@@ -138,8 +140,9 @@ def test_delivery_alone_keeps_the_report_keys(tmp_path, benchmarks):
     assert "## Data delivery alone" in table and "| path | settings |" not in table
 
 
+@pytest.mark.benchmarks
 @pytest.mark.slow  # the GPU check's every part on tiny sizes: ~1 minute on 2 cores
-def test_gpu_check_runs_in_cpu_mode(tmp_path, benchmarks):
+def test_gpu_check_runs_in_cpu_mode(tmp_path, scripts_importable):
     import gpu_check
 
     exit_status = gpu_check.main(["--cpu", f"--out={tmp_path}"])

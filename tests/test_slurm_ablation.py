@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lightning.pytorch import Callback
+from submitit.helpers import DelayedSubmission
 
 from convrepro.ablate import slurm, slurm_job
 from convrepro.ablate.__main__ import main
@@ -44,6 +45,8 @@ HOLD_RUNS_ENV, HOLD_MARKERS_ENV = "HOLD_RUN_DIRS", "HOLD_MARKERS"
 #: requeued by SLURM), and as it warns of the time limit (submitit's signal, USR2: the job stops
 #: the run and requeues itself).
 HELD = {"no-lrn-seed1": "scontrol requeue", "lrn-seed0": "pre-timeout signal"}
+#: Requeues after a time limit that the grid's jobs may take (the file's `max_timeouts`).
+MAX_TIMEOUTS = 5
 
 # Full validation and test sets (no limit_*_batches): a DDP run then sees the same images.
 TINY_BASE = """
@@ -170,6 +173,7 @@ def slurm_grid(grid, run_environment, slurm_cluster) -> dict:
         patch.setenv(HOLD_MARKERS_ENV, str(markers))
         submit = [str(grid["grid_and_broken"]), "--launcher=slurm", f"--out={out}"]
         limits = [f"--partition={slurm_cluster.partition}", "--time=10", "--gpus-per-run=0"]
+        limits.append(f"--max-timeouts={MAX_TIMEOUTS}")
         assert main([*submit, *limits]) == 0
     jobs = slurm.read_submitted(out)
     for run_id, how in HELD.items():
@@ -202,6 +206,9 @@ def test_grid_on_slurm_ends_with_the_local_results(slurm_grid, local_results):
     assert sorted(slurm_grid["jobs"]) == sorted(
         f"{arm}-seed{seed}" for arm in ("no-lrn", "lrn", "broken") for seed in (0, 1)
     )
+    # --max-timeouts reached submitit: what each task's pickled submission counts down from
+    task = out / slurm.SLURM_FOLDER / f"{slurm_grid['jobs']['no-lrn-seed0'].job_id}_submitted.pkl"
+    assert DelayedSubmission.load(task)._timeout_countdown == MAX_TIMEOUTS
 
 
 @pytest.mark.slow

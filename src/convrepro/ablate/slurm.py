@@ -98,6 +98,7 @@ def submit_grid(
     parameters = submitit_parameters(spec.name, options)
     if dry_run:
         print(f"sbatch parameters (submitit): {json.dumps(parameters)}")
+        print(f"requeues after the time limit: at most {options.max_timeouts} per point")
         for command in commands:
             print(f"    {shlex.join(command)}")
         return None
@@ -109,7 +110,9 @@ def submit_grid(
 
     from convrepro.ablate.slurm_job import GridPointJob
 
-    executor = submitit.SlurmExecutor(folder=out / SLURM_FOLDER)
+    executor = submitit.SlurmExecutor(
+        folder=out / SLURM_FOLDER, max_num_timeout=options.max_timeouts
+    )
     executor.update_parameters(**parameters)
     captured = io.StringIO()
     try:

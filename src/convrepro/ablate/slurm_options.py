@@ -11,6 +11,7 @@ slurm:
   mem: 32G                     # per node, in sbatch's --mem syntax
   array_parallelism: 8         # at most this many grid points at once
   signal_delay: 120            # seconds between the warning signal and the time limit
+  max_timeouts: 3              # requeues of a point stopped by the time limit (then: failed)
   sbatch: {constraint: a100}   # any other sbatch flag, without the dashes
 ```
 
@@ -46,6 +47,7 @@ _HELP = {
     "mem": "memory per node, as sbatch --mem (32G)",
     "array_parallelism": "at most this many grid points at once",
     "signal_delay": "seconds between the pre-timeout signal and the time limit",
+    "max_timeouts": "requeues of a point stopped by the time limit before it counts as failed",
 }
 
 
@@ -64,6 +66,7 @@ class SlurmOptions:
     mem: str | None = None
     array_parallelism: int | None = None
     signal_delay: int = 120
+    max_timeouts: int = 3  # submitit's default; a run longer than 4 time limits needs more
     sbatch: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -182,7 +185,7 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not str(value).strip():
             raise AblationError(f"slurm: {key} must be a non-empty value, got {value!r}")
         return str(value).strip()
-    smallest = 0 if key in {"gpus_per_run", "signal_delay"} else 1
+    smallest = 0 if key in {"gpus_per_run", "signal_delay", "max_timeouts"} else 1
     try:
         number = int(value) if not isinstance(value, bool | float) else None
     except ValueError:
