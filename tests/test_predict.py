@@ -2,16 +2,13 @@
 bad files skipped, the CSV and the picture it writes."""
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from bad_inputs import in_workdir
 from PIL import Image
-from test_cli import ROOT, TESTS, TINY_ARGS, cli, only_run_dir
+from test_cli import TINY_ARGS, cli, only_run_dir
 
 from convrepro.data import CIFAR10DataModule, ImageFolderDataModule, STL10DataModule
 from convrepro.errors import MissingFileError
@@ -123,28 +120,3 @@ def test_predict_command_writes_csv_with_top5_and_a_grid(
         assert grid.width > 400 and grid.height > 400  # 16 images, four per row
     assert any(BAD_FILES[0] in str(warning.message) for warning in warned)
     assert f"Predictions: {run_dir.relative_to(tmp_path) / 'predictions.csv'}" in printed
-
-
-@pytest.mark.slow  # one main.py start (~15 s): a user error's exit status and output as a process
-def test_predict_on_an_empty_folder_is_one_error_line(tmp_path):
-    (tmp_path / "empty").mkdir()
-    paths = os.pathsep.join([str(TESTS / "subprocess_site"), str(TESTS)])
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "main.py"),
-            "predict",
-            *TINY_ARGS,
-            f"--data.init_args.predict_path={tmp_path / 'empty'}",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": paths},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    expected = f"data.predict_path={tmp_path / 'empty'}: no image files in it or any folder below"
-    assert errors == [f"error: {expected} it"]
-    assert not (tmp_path / "runs" / "vgg11_cifar").exists()  # no run folder left behind

@@ -232,6 +232,13 @@ ROWS = [
         ("holds network weights only", "model.backbone.init_args.weights"),
         save(TinyNet().state_dict()),
     ),
+    Row(
+        "predict on a folder without images",
+        ["predict", *TINY, "--data.init_args.predict_path=empty"],
+        2,
+        "data.predict_path=empty: no image files in it or any folder below it",
+        setup=lambda workdir, monkeypatch: (workdir / "empty" / "sub").mkdir(parents=True),
+    ),
     # 7: image-folder structure.
     Row(
         "empty class folder",
