@@ -47,7 +47,7 @@ def scripts_importable(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.mark.benchmarks
+@pytest.mark.scripts
 @pytest.mark.slow  # four measuring processes: ~40 s on 2 cores
 def test_throughput_benchmark_writes_sane_reports(tmp_path, scripts_importable, capsys):
     import throughput
@@ -111,7 +111,7 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path, scripts_importable, 
     assert capsys.readouterr().out.endswith(table)  # and printed
 
 
-@pytest.mark.benchmarks
+@pytest.mark.scripts
 @pytest.mark.slow  # one measuring process for the five loaders: ~10 s on 2 cores
 def test_delivery_alone_keeps_the_report_keys(tmp_path, scripts_importable):
     import throughput
@@ -140,7 +140,7 @@ def test_delivery_alone_keeps_the_report_keys(tmp_path, scripts_importable):
     assert "## Data delivery alone" in table and "| path | settings |" not in table
 
 
-@pytest.mark.benchmarks
+@pytest.mark.scripts
 @pytest.mark.slow  # the GPU check's every part on tiny sizes: ~1 minute on 2 cores
 def test_gpu_check_runs_in_cpu_mode(tmp_path, scripts_importable):
     import gpu_check

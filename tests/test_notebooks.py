@@ -111,6 +111,7 @@ def test_there_are_the_three_notebooks():
 # -- running them ----------------------------------------------------------------------------
 
 
+@pytest.mark.scripts
 @pytest.mark.slow
 def test_data_notebook_reads_data_on_disk_and_makes_up_what_is_missing(kernel, tmp_path):
     # Pets in the real layout under DATA_ROOT (configs/vgg16_pets.yaml: data/pets); no CIFAR-10,
@@ -135,6 +136,7 @@ def test_data_notebook_reads_data_on_disk_and_makes_up_what_is_missing(kernel, t
     assert "ColorJitter(brightness=(0.6, 1.4)" in text  # configs/vgg19_stl10.yaml: 0.4
 
 
+@pytest.mark.scripts
 @pytest.mark.slow
 def test_models_notebook_matches_the_papers_parameter_counts(kernel, tmp_path):
     text = execute(kernel, "02_models.ipynb", tmp_path)
@@ -150,6 +152,7 @@ def test_models_notebook_matches_the_papers_parameter_counts(kernel, tmp_path):
     assert "| total |  |  | 132,863,336 |" in text
 
 
+@pytest.mark.scripts
 @pytest.mark.slow
 def test_ablation_notebook_labels_made_up_results_and_gets_the_statistics_right(kernel, tmp_path):
     text = execute(kernel, "03_lrn_ablation.ipynb", tmp_path)
@@ -170,6 +173,7 @@ def test_ablation_notebook_labels_made_up_results_and_gets_the_statistics_right(
     assert f"| {MADE_UP_NAME} | A-LRN | 3 |" in text  # next to the published numbers
 
 
+@pytest.mark.scripts
 @pytest.mark.slow
 def test_ablation_notebook_reads_an_ablation_folder(kernel, tmp_path):
     out = tmp_path / "ablation"
