@@ -19,7 +19,7 @@ from bad_inputs import in_workdir
 from bad_inputs import run_main as run_in_process
 
 from convrepro.runs import RunFolder
-from convrepro.testing import make_cifar10, skip_md5_checks
+from convrepro.testing import make_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -123,15 +123,12 @@ def test_fit_test_predict_from_checkpoint(workdir):
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, monkeypatch):
+def test_wandb_offline_run_holds_resolved_config_and_final_metrics(workdir):
     import wandb
 
     from convrepro.cli import ConvReproCLI
 
-    skip_md5_checks(monkeypatch)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.chdir(cifar_dir)
-    cli = ConvReproCLI(
+    started = ConvReproCLI(
         args=[
             "fit",
             *TINY_ARGS,
@@ -140,9 +137,9 @@ def test_wandb_offline_run_holds_resolved_config_and_final_metrics(cifar_dir, mo
             "--trainer.callbacks.num_images=8",
         ]
     )
-    run = cli.trainer.logger.experiment
+    run = started.trainer.logger.experiment
     try:
-        run_dir = only_run_dir(cifar_dir)
+        run_dir = only_run_dir(workdir)
         assert run.offline and Path(run.dir).resolve().is_relative_to(run_dir)
         # the whole resolved CLI config, not only the module's hyperparameters
         assert run.config["model"]["backbone"]["class_path"] == "tiny_backbone.TinyNet"
