@@ -74,9 +74,17 @@ def _run(argv: list[str]) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="check the configs, print the plan, run nothing"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config setting for every run (repeatable), on top of the file's overrides, "
+        "e.g. --set data.init_args.data_dir=/data/cifar10",
+    )
     add_override_arguments(parser)
     args = parser.parse_args(argv)
-    spec = load_spec(args.ablation)
+    spec = load_spec(args.ablation).with_settings(args.set)
     out = args.out or default_out(spec.name)
     if args.launcher == "slurm":
         return _submit(spec, out, args)

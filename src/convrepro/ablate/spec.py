@@ -31,7 +31,7 @@ import json
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,22 @@ class AblationSpec:
     def run_folder(self, out: Path, run: Run) -> RunFolder:
         """Where the CLI keeps ``run``: ``<out>/runs/<name>/<arm>-seed<N>``."""
         return RunFolder.at(runs_root(out), self.name, run.id)
+
+    def with_settings(self, settings: list[str]) -> AblationSpec:
+        """This spec with ``KEY=VALUE`` settings from the command line (``--set``) added to
+        its common overrides: e.g. where this machine keeps the data. The grid's own copy of
+        the file (``<out>/ablation.yaml``) records them."""
+        added = {}
+        for setting in settings:
+            key, equals, value = setting.partition("=")
+            if not equals or not key:
+                raise AblationError(
+                    f"--set {setting!r}: write KEY=VALUE with a dotted config key, e.g. "
+                    "--set data.init_args.data_dir=/data/cifar10"
+                )
+            added[key] = yaml.load(value, Loader=_Yaml12Numbers) if value else ""
+        checked = _overrides(Path("--set"), "the command line", added)
+        return replace(self, overrides={**self.overrides, **checked})
 
     def to_yaml(self) -> str:
         """The spec as a self-contained ablation file (absolute base path)."""

@@ -60,9 +60,9 @@ class ArchiveDataModule(BaseImageDataModule):
 
     def predict_transform(self) -> v2.Compose:
         """Images of any size (``predict_path``): shorter side to the data set's image size,
-        central square, then the evaluation transform."""
+        central square, then the test transform."""
         size = self.image_size
-        return with_leading_steps(self.eval_transform(), [v2.Resize(size), v2.CenterCrop(size)])
+        return with_leading_steps(self.test_transform(), [v2.Resize(size), v2.CenterCrop(size)])
 
     def _view(
         self,

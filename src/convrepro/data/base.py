@@ -144,10 +144,14 @@ class BaseImageDataModule(LightningDataModule, ABC):
     def eval_transform(self) -> Callable[[Any], Tensor]:
         """Image -> normalized float tensor, deterministic."""
 
+    def test_transform(self) -> Callable[[Any], Tensor]:
+        """Test image -> what the test step takes; by default the evaluation transform."""
+        return self.eval_transform()
+
     def predict_transform(self) -> Callable[[Any], Tensor]:
         """Image file of any size (``predict_path``) -> what the network takes; by default the
-        evaluation transform."""
-        return self.eval_transform()
+        test transform."""
+        return self.test_transform()
 
     @abstractmethod
     def _load_source(self, name: SourceName) -> Dataset | None:
@@ -268,7 +272,9 @@ class BaseImageDataModule(LightningDataModule, ABC):
         if name == "predict":
             files = self._predict_files()
             return self._view(files, range(len(files)), self.predict_transform(), "predict")
-        transform = self.train_transform() if name == "train" else self.eval_transform()
+        transform = {"train": self.train_transform, "test": self.test_transform}.get(
+            name, self.eval_transform
+        )()
         if name == "test" or self._source("val") is not None:
             source = self._require_source(name)
             return self._view(source, range(len(source)), transform, name)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import hashlib
+import io
+from pathlib import Path
+from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
@@ -12,8 +17,20 @@ from torchvision.transforms import v2
 
 from convrepro.data.archive import ArchiveDataModule
 from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca
+from convrepro.data.augment.views import (
+    PIXEL_SCALE,
+    SubtractMeanImage,
+    TenCropViews,
+    mean_image,
+)
+from convrepro.data.images import IMG_EXTENSIONS
 from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip, image_pipeline
-from convrepro.errors import ConfigError
+from convrepro.errors import ConfigError, MissingFileError
+
+Source = Literal["pickles", "folders"]
+Preprocessing = Literal["standard", "cuda-convnet"]
+#: cuda-convnet's crop: 32 - 2 * crop_border (4), its CIFAR layer files' input size.
+CUDA_CONVNET_CROP = 24
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -30,14 +47,29 @@ CIFAR10_CLASSES = (
 
 
 class CIFAR10DataModule(ArchiveDataModule):
-    """CIFAR-10 from torchvision's python pickles in ``<data_dir>/cifar-10-batches-py/``.
+    """CIFAR-10 from torchvision's python pickles in ``<data_dir>/cifar-10-batches-py/`` (the
+    official download, the default) or from class folders.
 
-    Training images get the standard CIFAR augmentation: a random 32x32 crop of the image
-    zero-padded by ``crop_padding`` pixels, and a random horizontal flip. Evaluation images are
-    only normalized (CIFAR-10 training-set channel statistics).
+    ``preprocessing: standard``: training images get the standard CIFAR augmentation, a random
+    32x32 crop of the image zero-padded by ``crop_padding`` pixels and a random horizontal flip;
+    evaluation images are only normalized (CIFAR-10 training-set channel statistics).
+    ``preprocessing: cuda-convnet``: the AlexNet paper's CIFAR-10 protocol
+    (:mod:`convrepro.data.augment.views`): 0-255 pixels minus the training split's mean image,
+    random 24x24 crops and flips for training, the centre 24x24 crop for validation, and for
+    ``test`` each image as its 10 views (corners and centre, and their flips) for
+    :class:`~convrepro.training.StackedViewsEvaluation`.
 
     Args:
-        data_dir: Folder that holds (or will hold) ``cifar-10-batches-py/``.
+        data_dir: Folder that holds (or will hold) ``cifar-10-batches-py/``; with
+            ``source: folders``, the folder holding ``train/`` and ``test/``.
+        source: ``pickles``: torchvision's CIFAR-10 files, downloaded if missing.
+            ``folders``: ``<data_dir>/{train,test}/<class>/<image>``, any image format, every
+            image 32x32 RGB, the ten CIFAR-10 class names as folder names (Kaggle's PNG
+            folders, exports, JPEG re-encodings). They are decoded once into the same uint8
+            arrays as the pickles, so the fast paths are the same; provenance records the
+            sha256 of the files' contents.
+        preprocessing: ``standard`` or ``cuda-convnet`` (above). With ``cuda-convnet``,
+            ``crop_padding``, ``resize`` and ``pca_lighting`` do not apply.
         val_size: Training images held out for validation (default 45k/5k).
         crop_padding: Zero padding for the random crop; ``0`` disables cropping.
         resize: Resize every image (train and eval) to ``resize`` x ``resize`` after the crop
@@ -61,11 +93,26 @@ class CIFAR10DataModule(ArchiveDataModule):
         self,
         data_dir: str = "data/cifar10",
         val_size: int | float = 5000,
+        source: Source = "pickles",
+        preprocessing: Preprocessing = "standard",
         crop_padding: int = 4,
         resize: int | None = None,
         pca_lighting: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        for name, value, choices in (
+            ("source", source, Source),
+            ("preprocessing", preprocessing, Preprocessing),
+        ):
+            if value not in get_args(choices):
+                valid = ", ".join(get_args(choices))
+                raise ConfigError(f"data.{name}={value!r} is not valid; choose one of {valid}")
+        if preprocessing == "cuda-convnet" and (resize is not None or pca_lighting):
+            raise ConfigError(
+                "data.preprocessing=cuda-convnet is cuda-convnet's own protocol (24x24 crops of "
+                "32x32 images, no colour augmentation): leave data.resize null and "
+                "data.pca_lighting 0"
+            )
         if crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {crop_padding}")
         if resize is not None and resize < 1:
@@ -74,10 +121,15 @@ class CIFAR10DataModule(ArchiveDataModule):
             raise ConfigError(
                 f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
             )
+        if source == "folders":
+            kwargs.setdefault("download", False)
         super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
+        self.source = source
+        self.preprocessing = preprocessing
         self.crop_padding = crop_padding
         self.resize = resize
         self.pca_lighting = pca_lighting
+        self._mean_image: Tensor | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -85,7 +137,11 @@ class CIFAR10DataModule(ArchiveDataModule):
         return list(CIFAR10_CLASSES)
 
     def train_transform(self) -> v2.Compose:
-        """Padded random crop, flip, optional resize, optional PCA lighting, normalize."""
+        """Padded random crop, flip, optional resize, optional PCA lighting, normalize; or
+        cuda-convnet's random 24x24 crop, flip, mean image subtracted."""
+        if self.preprocessing == "cuda-convnet":
+            steps = [v2.RandomCrop(CUDA_CONVNET_CROP), *horizontal_flip(self.horizontal_flip)]
+            return self._cuda_convnet_pipeline(steps)
         crop = [v2.RandomCrop(32, padding=self.crop_padding)] if self.crop_padding else []
         steps = [*crop, *horizontal_flip(self.horizontal_flip), *self._resize()]
         lighting = (
@@ -95,21 +151,117 @@ class CIFAR10DataModule(ArchiveDataModule):
 
     def _training_pca(self) -> RGBPCA:
         """RGB principal axes of the training split's pixels (the paper's "training set")."""
+        return cached_rgb_pca(self._training_images(), self.data_dir)
+
+    def _training_images(self) -> np.ndarray:
+        """The training split's images (validation held out), uint8 (N, 32, 32, 3)."""
         source = self._require_source("train")
         train_indices, _ = self._hold_out(len(source))
-        return cached_rgb_pca(source.data[train_indices], self.data_dir)
+        return source.data[train_indices]
 
     def eval_transform(self) -> v2.Compose:
-        """Optional resize, normalize."""
+        """Optional resize, normalize; or cuda-convnet's centre 24x24 crop minus the mean
+        image."""
+        if self.preprocessing == "cuda-convnet":
+            return self._cuda_convnet_pipeline([v2.CenterCrop(CUDA_CONVNET_CROP)])
         return image_pipeline(self._resize(), CIFAR10_STATS)
+
+    def test_transform(self) -> v2.Compose:
+        """The evaluation transform; with cuda-convnet's protocol, its 10 views per image
+        (``--multiview-test=1``), each minus the mean image."""
+        if self.preprocessing == "cuda-convnet":
+            return self._cuda_convnet_pipeline([TenCropViews(CUDA_CONVNET_CROP)])
+        return self.eval_transform()
+
+    def _cuda_convnet_pipeline(self, steps: list[Any]) -> v2.Compose:
+        # The mean image of the images it trains on; cuda-convnet's own came with its batches.
+        if self._mean_image is None:
+            self._mean_image = mean_image(self._training_images(), CUDA_CONVNET_CROP)
+        return image_pipeline(
+            steps, PIXEL_SCALE, colour_steps=[SubtractMeanImage(self._mean_image)]
+        )
 
     def _resize(self) -> list[v2.Transform]:
         return [v2.Resize((self.resize, self.resize))] if self.resize else []
 
     def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
+        if self.source == "folders":
+            return CIFAR10Folders(self.data_dir, split)
         return CIFAR10(self.data_dir, train=split == "train", download=download)
 
     def _source_tensors(self, source: Dataset) -> tuple[Tensor, Tensor]:
         # torchvision keeps CIFAR-10 as one (N, 32, 32, 3) uint8 array and a list of labels.
         images = torch.from_numpy(source.data).permute(0, 3, 1, 2)
         return images, torch.as_tensor(source.targets, dtype=torch.long)
+
+
+class CIFAR10Folders(Dataset):
+    """CIFAR-10 stored as ``<root>/<split>/<class>/<image>``, decoded once into memory.
+
+    Holds what torchvision's ``CIFAR10`` holds (``data``: uint8 (N, 32, 32, 3); ``targets``:
+    labels in CIFAR-10's class order), plus ``files`` and ``content_sha256``, the sha256 of
+    every file's relative path and bytes, in sorted order (the data fingerprint). Refuses, in one
+    error, a folder that is not ten CIFAR-10 class folders of 32x32 RGB images.
+    """
+
+    def __init__(self, root: str | Path, split: Literal["train", "test"]) -> None:
+        self.root, self.split = Path(root), split
+        folder = self.root / split
+        if not folder.is_dir():
+            raise MissingFileError(
+                f"no CIFAR-10 {split} folder at {folder}/: data.source=folders reads "
+                f"{self.root}/train/<class>/ and {self.root}/test/<class>/ (class names: "
+                f"{', '.join(CIFAR10_CLASSES)})"
+            )
+        classes = sorted(path.name for path in folder.iterdir() if path.is_dir())
+        if classes != sorted(CIFAR10_CLASSES):
+            raise ConfigError(
+                f"{folder}/ must hold the ten CIFAR-10 class folders ({', '.join(CIFAR10_CLASSES)}"
+                f"), found {classes or 'none'}"
+            )
+        self.files: list[Path] = []
+        labels: list[int] = []
+        for label, name in enumerate(CIFAR10_CLASSES):
+            images = sorted(
+                path
+                for path in (folder / name).iterdir()
+                if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+            )
+            self.files += images
+            labels += [label] * len(images)
+        if not self.files:
+            raise MissingFileError(f"{folder}/ has class folders but no images in them")
+        self.data = np.empty((len(self.files), 32, 32, 3), dtype=np.uint8)
+        digest = hashlib.sha256()
+        for index, path in enumerate(self.files):
+            content = path.read_bytes()
+            digest.update(path.relative_to(self.root).as_posix().encode() + b"\0" + content)
+            self.data[index] = _cifar_pixels(path, content)
+        self.targets = labels
+        self.content_sha256 = digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.data[index]), self.targets[index]
+
+
+def _cifar_pixels(path: Path, content: bytes) -> np.ndarray:
+    """One 32x32 RGB image file's ``content`` as uint8 (32, 32, 3); anything else is a
+    ConfigError naming ``path``."""
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()
+            mode, size = image.mode, image.size
+            pixels = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ConfigError(
+            f"{path} is not a readable image ({error}): remove or replace it"
+        ) from error
+    if mode != "RGB" or size != (32, 32):
+        raise ConfigError(
+            f"{path} is a {size[0]}x{size[1]} {mode} image; CIFAR-10 folders hold 32x32 RGB "
+            "images only"
+        )
+    return pixels

@@ -163,7 +163,6 @@ class ImageFolderDataModule(BaseImageDataModule):
                 f"device: set data.batch_size to {self.world_size} (the number of devices), "
                 f"not {self.batch_size}"
             )
-        split.transform = self.test_transform()
         return split
 
     def _sample_name(self, source_name: SourceName, index: int) -> str:

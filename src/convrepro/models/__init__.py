@@ -1,6 +1,7 @@
 """The VGG and AlexNet families, and loading weights into them."""
 
 from convrepro.models.alexnet import AlexNet
+from convrepro.models.conv_local import ConvLocalNet, LocallyConnected2d
 from convrepro.models.layers import PaperLRN
 from convrepro.models.vgg import VGG, DenseVGG
 from convrepro.models.weights import (
@@ -13,7 +14,9 @@ from convrepro.models.weights import (
 __all__ = [
     "VGG",
     "AlexNet",
+    "ConvLocalNet",
     "DenseVGG",
+    "LocallyConnected2d",
     "PaperLRN",
     "load_backbone_weights",
     "load_state_dict_file",

@@ -10,7 +10,8 @@ ablation's) share one code version and one data set.
 
 The data fingerprint is cheap: the md5 sums of the archive files CIFAR-10/STL-10 read (the sums
 torchvision publishes, so ``published`` says whether they are the real data set), or for image
-folders the sha256 of the sorted list of files read and their sizes; plus the split seed.
+folders the sha256 of the sorted list of files read and their sizes (of their paths and contents
+for CIFAR-10 read from class folders, which it decodes whole anyway); plus the split seed.
 """
 
 from __future__ import annotations
@@ -235,6 +236,9 @@ def data_fingerprint(datamodule: Any) -> dict[str, Any]:
             for path, expected in archive:
                 files[path.name] = _md5(path)
                 published = published is not False and expected in (None, files[path.name])
+        elif hasattr(source, "content_sha256"):  # CIFAR-10 from class folders
+            files[f"{source.split}/"] = source.content_sha256
+            published = False
         elif hasattr(source, "samples"):  # image files: (path, label) pairs
             listing = sorted(
                 (os.path.relpath(path, datamodule.data_dir), os.path.getsize(path))

@@ -11,6 +11,7 @@ from convrepro.training.evaluation import (
     DenseEvaluation,
     EvaluationProtocol,
     MultiCropEvaluation,
+    StackedViewsEvaluation,
     TenCropEvaluation,
 )
 from convrepro.training.plots import ValidationPlots
@@ -22,6 +23,7 @@ __all__ = [
     "EvaluationProtocol",
     "ImageClassifier",
     "MultiCropEvaluation",
+    "StackedViewsEvaluation",
     "TenCropEvaluation",
     "ValidationPlots",
     "WarmupCosineLR",

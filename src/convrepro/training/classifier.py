@@ -46,7 +46,10 @@ class ImageClassifier(LightningModule):
         class_names: Linked from the datamodule; used for prediction files and W&B plots.
         label_smoothing: Cross-entropy label smoothing (0 = the papers' plain loss).
         optimizer: Optimiser factory from the config. ``None`` = the papers' SGD (lr 1e-2,
-            momentum 0.9, weight decay 5e-4).
+            momentum 0.9, weight decay 5e-4). A backbone with a ``parameter_groups()`` method
+            (:class:`~convrepro.models.ConvLocalNet`) gives its own groups: each may set
+            ``lr_scale`` (times the optimiser's lr), ``momentum`` and ``weight_decay``, which
+            override the optimiser's for that group.
         lr_scheduler: Scheduler factory from the config. ``None`` = the papers' schedule:
             ``ReduceLROnPlateau`` x0.1 when ``val/acc`` stops improving. ``WarmupCosineLR`` is the
             modern option; any torch scheduler works (plateau schedulers monitor ``val/acc``).
@@ -118,6 +121,7 @@ class ImageClassifier(LightningModule):
         )
         self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
         self.val_acc_top5, self.test_acc_top5 = _accuracy(num_classes, 5), _accuracy(num_classes, 5)
+        self.test_acc_center = _accuracy(num_classes)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best
 
@@ -158,11 +162,12 @@ class ImageClassifier(LightningModule):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _test_scores(self, images: Tensor) -> Tensor:
-        """Class scores of test images: the test protocol's log-posteriors, else the logits."""
+    def _test_scores(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Class scores of test images: the test protocol's log-posteriors, else the logits;
+        and the scores of the protocol's single centre view where it has one."""
         if self.test_protocol is None:
-            return self(images)
-        return self.test_protocol(self.backbone, self._in_memory_format(images))
+            return self(images), None
+        return self.test_protocol.evaluate(self.backbone, self._in_memory_format(images))
 
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
@@ -211,7 +216,10 @@ class ImageClassifier(LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, targets = batch
-        logits = self._test_scores(images)
+        logits, center_logits = self._test_scores(images)
+        if center_logits is not None:
+            self.test_acc_center(center_logits, targets)
+            self.log(metrics.TEST_ACC_CENTER, self.test_acc_center)
         loss = self.criterion(logits, targets)
         self.test_loss(loss.expand(targets.numel()))
         self.test_acc(logits, targets)
@@ -225,14 +233,29 @@ class ImageClassifier(LightningModule):
         # sync_dist only averages identical values (and keeps Lightning from warning under DDP).
         self.log(metrics.TEST_ERROR, 1.0 - self.test_acc.compute(), sync_dist=True)
         self.log(metrics.TEST_ERROR_TOP5, 1.0 - self.test_acc_top5.compute(), sync_dist=True)
+        if self.test_acc_center.update_called:
+            error = 1.0 - self.test_acc_center.compute()
+            self.log(metrics.TEST_ERROR_CENTER, error, sync_dist=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        probabilities = self._test_scores(batch[0]).float().softmax(dim=1)
+        probabilities = self._test_scores(batch[0])[0].float().softmax(dim=1)
         probability, index = probabilities.max(dim=1)
         return {"index": index, "probability": probability, "probabilities": probabilities}
 
     # -- optimisation ------------------------------------------------------------------------
     def _parameter_groups(self) -> list[dict]:
+        own_groups = getattr(self.backbone, "parameter_groups", None)
+        if callable(own_groups):
+            if self.hparams.backbone_lr_scale != 1.0:
+                raise ConfigError(
+                    f"{type(self.backbone).__name__} sets its own per-layer learning rates; "
+                    "model.backbone_lr_scale must stay 1.0 with it"
+                )
+            groups = [
+                {**group, "params": [p for p in group["params"] if p.requires_grad]}
+                for group in own_groups()
+            ]
+            return [group for group in groups if group["params"]]
         trainable = [p for p in self.backbone.parameters() if p.requires_grad]
         if self.hparams.backbone_lr_scale == 1.0:
             return [{"params": trainable}]

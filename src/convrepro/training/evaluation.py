@@ -36,8 +36,7 @@ class EvaluationProtocol(ABC):
         They work as logits: the cross-entropy of them is the negative log-likelihood of the
         averaged posterior, and their arg-max and top-k are its own.
         """
-        posteriors = self.posteriors(backbone, images)
-        return posteriors.clamp_min(torch.finfo(posteriors.dtype).tiny).log()
+        return _log(self.posteriors(backbone, images))
 
     @abstractmethod
     def posteriors(self, backbone: nn.Module, images: Tensor) -> Tensor:
@@ -46,6 +45,12 @@ class EvaluationProtocol(ABC):
     def check(self, backbone: nn.Module) -> None:
         """Raise a ValueError now, rather than at test time, if ``backbone`` cannot be used."""
         return None  # by default any image classifier will do
+
+    def evaluate(self, backbone: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """This protocol's class scores (:meth:`__call__`) and, for protocols with a single
+        centre view, that view's own scores (``test`` logs their accuracy as
+        ``test/acc_center``), else ``None``."""
+        return self(backbone, images), None
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
@@ -182,6 +187,42 @@ class TenCropEvaluation(_CropEvaluation):
         return [(0, 0), (0, right), (bottom, 0), (bottom, right), center]
 
 
+class StackedViewsEvaluation(EvaluationProtocol):
+    """Views cut by the data pipeline, averaged: cuda-convnet's multiview test.
+
+    The datamodule hands over each test image as a stack of views, (N, V, C, H, W) (CIFAR-10
+    with ``preprocessing: cuda-convnet``: the four corner and the centre 24x24 crops and their
+    flips, each minus the mean image, as ``convdata.py`` makes them for ``--multiview-test=1``).
+    The posteriors of the V views are averaged; view ``center_view`` alone is also scored
+    (``test/acc_center``: the single-crop number). A plain (N, C, H, W) batch is one view.
+
+    Args:
+        center_view: Index of the centre crop in the stack (4 in torchvision's TenCrop order).
+    """
+
+    def __init__(self, center_view: int = 4) -> None:
+        self.center_view = center_view
+
+    def posteriors(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        return _mean(_softmax(scores) for scores in self._view_scores(backbone, images))
+
+    def evaluate(self, backbone: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        views = self._view_scores(backbone, images)
+        if len(views) > 1 and not 0 <= self.center_view < len(views):
+            raise ConfigError(
+                f"StackedViewsEvaluation: center_view={self.center_view}, but the test images "
+                f"come as {len(views)} views"
+            )
+        averaged = _mean(_softmax(scores) for scores in views)
+        return _log(averaged), views[self.center_view if len(views) > 1 else 0]
+
+    @staticmethod
+    def _view_scores(backbone: nn.Module, images: Tensor) -> list[Tensor]:
+        if images.ndim == 4:
+            return [backbone(images)]
+        return [backbone(images[:, view]) for view in range(images.shape[1])]
+
+
 class CombinedEvaluation(EvaluationProtocol):
     """The average of several protocols' posteriors, e.g. dense and multi-crop (VGG Table 5).
 
@@ -246,6 +287,10 @@ def _spread(extent: int, count: int) -> list[int]:
 
 def _softmax(scores: Tensor) -> Tensor:
     return scores.float().softmax(dim=1)
+
+
+def _log(posteriors: Tensor) -> Tensor:
+    return posteriors.clamp_min(torch.finfo(posteriors.dtype).tiny).log()
 
 
 def _mean(posteriors: Iterable[Tensor]) -> Tensor:

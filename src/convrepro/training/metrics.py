@@ -18,6 +18,9 @@ TEST_ACC = "test/acc"
 TEST_ACC_TOP5 = "test/acc_top5"
 TEST_ERROR = "test/error"
 TEST_ERROR_TOP5 = "test/error_top5"
+# The single centre crop of a protocol that has one (cuda-convnet's multiview test).
+TEST_ACC_CENTER = "test/acc_center"
+TEST_ERROR_CENTER = "test/error_center"
 
 VAL_PREFIX = "val/"
 TEST_PREFIX = "test/"

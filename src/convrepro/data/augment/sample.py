@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from convrepro.data.augment.batch import central_crop
 from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.augment.scales import TrainingScale
+from convrepro.data.augment.views import SubtractMeanImage, TenCropViews
 from convrepro.data.sampling import SampleRandom
 from convrepro.errors import ConfigError
 
@@ -179,6 +180,16 @@ class Lighting:
         return image + (alphas @ self.axes).to(image.dtype)[:, None, None]
 
 
+@dataclass(frozen=True)
+class Deterministic:
+    """A transform that draws nothing, called as it is."""
+
+    transform: Any
+
+    def __call__(self, image: Tensor, random: SampleRandom) -> Tensor:
+        return self.transform(image)
+
+
 def sample_step(transform: Any) -> SampleStep | None:
     """The per-sample step of one pipeline transform; ``None`` if it has none here (the
     pipeline then runs as torchvision's transform under a seeded global RNG)."""
@@ -213,4 +224,6 @@ def sample_step(transform: Any) -> SampleStep | None:
             )
         case PCALighting():
             return Lighting(transform.axes.cpu(), transform.std)
+        case SubtractMeanImage() | TenCropViews():
+            return Deterministic(transform)
     return None
