@@ -50,6 +50,15 @@ PHOTO_QUALITY = 85
 def seed_script_transform(spec: Spec) -> transforms.Compose:
     """(a)'s CIFAR-10 augmentation: the config's recipe written with classic PIL transforms."""
     data = CIFAR10DataModule(**spec.data_args)
+    if data.preprocessing == "cuda-convnet":
+        # cuda-convnet's convdata.py by hand: 24x24 crop, flip, 0-255 minus the mean image.
+        pixels = CIFAR10(spec.data_dir, train=True).data
+        centre_mean = torch.from_numpy(pixels.mean(axis=0)).permute(2, 0, 1)[:, 4:28, 4:28]
+        to_raw = transforms.Normalize((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+        minus_mean = transforms.Normalize(centre_mean.float(), torch.ones(3, 24, 24))
+        flip = [transforms.RandomHorizontalFlip()] if data.horizontal_flip else []
+        crop = transforms.RandomCrop(24)
+        return transforms.Compose([crop, *flip, transforms.ToTensor(), to_raw, minus_mean])
     steps: list[Any] = []
     if data.crop_padding:
         steps.append(transforms.RandomCrop(32, padding=data.crop_padding))

@@ -187,3 +187,19 @@ def test_other_transforms_run_under_a_seeded_global_rng(tmp_path):
     first = view[(0, 1)][0]
     assert torch.equal(torch.rand(2), expected)  # the global RNG is restored
     assert torch.equal(view[(0, 1)][0], first) and not torch.equal(view[(1, 1)][0], first)
+
+
+@pytest.mark.parametrize("padding", [3, (1, 2), (1, 2, 3, 4), [0, 5, 2, 1]])
+def test_every_random_crop_padding_form_pads_as_torchvision(padding):
+    """A crop as large as the padded image has one position: both fast paths must then give
+    torchvision's own padded image, pixel for pixel (a 4-tuple is left, top, right, bottom)."""
+    from convrepro.data.device import _batch_step
+
+    image = torch.randint(0, 256, (3, 30, 28), dtype=torch.uint8)
+    padded = v2.Pad(padding, fill=7)(image)
+    crop = v2.RandomCrop(tuple(padded.shape[-2:]), padding=padding, fill=7)
+    assert torch.equal(crop(image), padded)
+    per_sample = sample_step(crop)(image, SampleRandom(sample_key(0, 0, 0)))
+    assert torch.equal(per_sample, padded)
+    batch = _batch_step(crop, torch.device("cpu"))(image[None], torch.Generator().manual_seed(0))
+    assert torch.equal(batch[0], padded)

@@ -7,12 +7,16 @@
     python -m convrepro.ablate sweep ABLATION.yaml [--project P]
     python -m convrepro.ablate report ABLATION.yaml|OUT_DIR [--wandb ENTITY/PROJECT]
     python -m convrepro.ablate compare RESULTS.csv|OUT_DIR [...] [--output FILE]
+    python -m convrepro.ablate publish ABLATION.yaml|OUT_DIR [--results results]
+    python -m convrepro.ablate readme [--check] [--results results] [--readme README.md]
 
 The first runs (or resumes) every arm x seed here and writes the report into ``--out`` (default
 ``runs/ablations/<name>``), or submits the unfinished points to SLURM and returns; ``one`` runs
 a single grid point (what every launcher runs); ``status`` shows every point's state; ``sweep``
 writes a W&B sweep of the grid; ``report`` re-renders the report from the run folders (or from a
-W&B group) without training; ``compare`` puts results next to published numbers.
+W&B group) without training; ``compare`` puts results next to published numbers; ``publish``
+copies a finished grid's records (no checkpoints) into ``results/<name>/``; ``readme`` renders
+the README's results section from ``results/`` (``--check``: fail if the README differs).
 
 Each command imports what it needs when it runs: ``one`` starts once per grid point and should
 not wait for the plotting and statistics libraries.
@@ -41,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": _sweep,
         "report": _report,
         "compare": _compare,
+        "publish": _publish,
+        "readme": _readme,
     }
     command = commands.get(argv[0]) if argv else None
     try:
@@ -229,6 +235,47 @@ def _compare(argv: list[str]) -> int:
         print(f"wrote {args.output}")
     else:
         print(table)
+    return 0
+
+
+def _publish(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} publish",
+        description="Copy an ablation's records (report, and per run config.yaml, "
+        "provenance.json, summary.json, history.csv, log.txt; no checkpoints, no W&B files) "
+        "into RESULTS/<name>/, for committing.",
+    )
+    _add_source_arguments(parser)
+    parser.add_argument("--results", type=Path, default=Path("results"), help="default: results")
+    args = parser.parse_args(argv)
+    spec, out = _spec_and_out(args.source, args.out)
+    from convrepro.ablate.publish import publish
+
+    print(f"published {publish(spec, out, args.results)}")
+    return 0
+
+
+def _readme(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} readme",
+        description="Render the README's results section from the published records.",
+    )
+    parser.add_argument("--results", type=Path, default=Path("results"), help="default: results")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="default: README.md")
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if the README differs"
+    )
+    args = parser.parse_args(argv)
+    from convrepro.ablate.publish import update_readme
+
+    current = update_readme(args.readme, args.results, check=args.check)
+    if current:
+        print(f"{args.readme}: results section up to date")
+        return 0
+    if args.check:
+        print(f"{args.readme}: results section differs from {args.results}/; run {PROG} readme")
+        return 1
+    print(f"{args.readme}: results section rewritten from {args.results}/")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from convrepro.ablate.spec import AblationSpec
 from convrepro.errors import AblationError
+from convrepro.training import metrics
 
 RESULTS_FILE = "results.csv"
 
@@ -29,9 +30,13 @@ class RunResult:
     epochs: int
     wall_time_s: float  # fit time summed over resumes, from the run's summary.json
     checkpoint: str
+    #: The single centre view's accuracy, for test protocols that have one; NaN otherwise.
+    test_acc_center: float = math.nan
 
 
 RESULT_COLUMNS = tuple(f.name for f in fields(RunResult))
+#: Columns a results.csv may lack (written before they existed): read as NaN.
+OPTIONAL_COLUMNS = ("test_acc_center",)
 
 
 def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], list[str]]:
@@ -52,6 +57,7 @@ def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], lis
                 epochs=summary.epochs or 0,
                 wall_time_s=round(_or_nan(summary.fit_seconds), 1),
                 checkpoint=summary.best_checkpoint or "",
+                test_acc_center=_or_nan(summary.test.get(metrics.TEST_ACC_CENTER)),
             )
         )
     return results, missing
@@ -73,10 +79,11 @@ def read_results_csv(path: Path) -> list[RunResult]:
     """Rows of a ``results.csv`` written by :func:`write_results_csv`."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    missing = [c for c in RESULT_COLUMNS if rows and c not in rows[0]]
+    required = [c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS]
+    missing = [c for c in required if rows and c not in rows[0]]
     if not rows or missing:
         raise AblationError(
-            f"{path} is not an ablation results.csv (needs columns {', '.join(RESULT_COLUMNS)}"
+            f"{path} is not an ablation results.csv (needs columns {', '.join(required)}"
             f"{'; missing ' + ', '.join(missing) if missing else '; it has no rows'})"
         )
     return [
@@ -89,16 +96,18 @@ def read_results_csv(path: Path) -> list[RunResult]:
             epochs=int(row["epochs"]),
             wall_time_s=float(row["wall_time_s"]),
             checkpoint=row["checkpoint"],
+            test_acc_center=float(row.get("test_acc_center") or math.nan),
         )
         for row in rows
     ]
 
 
 def test_percent_by_arm(
-    results: Iterable[RunResult], arms: Iterable[str]
+    results: Iterable[RunResult], arms: Iterable[str], column: str = "test_acc"
 ) -> dict[str, dict[int, float]]:
-    """Test accuracy in percent, ``{arm: {seed: value}}``: the given arms first, in order."""
+    """A test accuracy column in percent, ``{arm: {seed: value}}``: the given arms first, in
+    order."""
     by_arm: dict[str, dict[int, float]] = {arm: {} for arm in arms}
     for result in results:
-        by_arm.setdefault(result.arm, {})[result.seed] = 100 * result.test_acc
+        by_arm.setdefault(result.arm, {})[result.seed] = 100 * getattr(result, column)
     return by_arm

@@ -22,15 +22,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
 
 from convrepro.data.augment import batch as batched
 from convrepro.data.augment.batch import MAX_UINT8, BatchStep
 from convrepro.data.augment.lighting import PCALighting
+from convrepro.data.augment.views import SubtractMeanImage, TenCropViews
 from convrepro.data.sampling import AUGMENT_STREAM, derive_seed, sample_key
 from convrepro.data.transforms import pipeline_parts
 from convrepro.errors import ConfigError
@@ -123,10 +126,9 @@ def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
     bilinear = interpolation == InterpolationMode.BILINEAR
     match transform:
         case v2.RandomCrop(padding_mode="constant", pad_if_needed=False, fill=int() | float()):
-            left, top, right, bottom = transform.padding or (0, 0, 0, 0)
-            return batched.RandomCrop(
-                tuple(transform.size), (left, right, top, bottom), transform.fill
-            )
+            # v2.RandomCrop keeps any padding form as [left, right, top, bottom]: F.pad's order.
+            padding = tuple(transform.padding or (0, 0, 0, 0))
+            return batched.RandomCrop(tuple(transform.size), padding, transform.fill)
         case v2.RandomHorizontalFlip():
             return batched.HorizontalFlip(transform.p)
         case v2.Resize(max_size=None) if bilinear:
@@ -141,10 +143,17 @@ def _batch_step(transform: v2.Transform, device: torch.device) -> BatchStep:
             )
         case PCALighting():
             return copy.deepcopy(transform).to(device)  # a BatchStep of its own
+        case v2.CenterCrop():
+            return batched.Deterministic(partial(TF.center_crop, output_size=list(transform.size)))
+        case TenCropViews():
+            return batched.Deterministic(transform)
+        case SubtractMeanImage():
+            return batched.Deterministic(copy.deepcopy(transform).to(device))
     raise ConfigError(
         f"data.device_resident cannot run {transform} on the device (supported: RandomCrop with "
         "constant padding, RandomHorizontalFlip, bilinear Resize and RandomResizedCrop, "
-        "ColorJitter without hue, PCALighting); set data.device_resident: false"
+        "ColorJitter without hue, PCALighting, CenterCrop and cuda-convnet's crops and mean "
+        "image); set data.device_resident: false"
     )
 
 

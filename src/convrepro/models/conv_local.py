@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from convrepro.errors import ConfigError
 from convrepro.models.layers import PaperLRN, check_num_classes
+from convrepro.models.weights import load_weights
 
 
 class LocallyConnected2d(nn.Module):
@@ -153,6 +154,9 @@ class ConvLocalNet(nn.Module):
         lrn: ``True``: the 11pct definition; ``False``: the 13pct one.
         num_classes: Outputs of ``fc10``.
         local3_filters: ``local3``'s filters; ``None`` takes the chosen file's (64 or 32).
+        weights: A state dict or Lightning checkpoint of this network to start from
+            (:func:`~convrepro.models.weights.load_weights`), e.g. the paper protocol's
+            second phase starting from the first phase's ``last.ckpt``.
 
     :meth:`parameter_groups` gives each layer's optimiser settings from the matching
     ``layer-params`` file (``ImageClassifier`` applies them).
@@ -161,7 +165,11 @@ class ConvLocalNet(nn.Module):
     """
 
     def __init__(
-        self, lrn: bool = True, num_classes: int = 10, local3_filters: int | None = None
+        self,
+        lrn: bool = True,
+        num_classes: int = 10,
+        local3_filters: int | None = None,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -189,6 +197,8 @@ class ConvLocalNet(nn.Module):
         self.features = nn.Sequential(OrderedDict(layers))
         self.classifier = nn.Sequential(OrderedDict(fc10=nn.Linear(32 * 6 * 6, num_classes)))
         self._initialise()
+        if weights is not None:
+            load_weights(self, weights, arch_name=self.arch_name)
 
     def _initialise(self) -> None:
         for name, layer in self._weight_layers().items():

@@ -134,6 +134,30 @@ def make_cifar10(
     return Path(root)
 
 
+def make_cifar10_folders(
+    root: str | Path,
+    n_train: int = 500,
+    n_test: int = 100,
+    *,
+    image_format: str = "PNG",
+    seed: int = 0,
+) -> Path:
+    """Write ``<root>/{train,test}/<class>/<n>.<ext>``: CIFAR-10 as class folders (Kaggle's PNG
+    layout; JPEG like the re-encoded copies). The images are those :func:`make_cifar10` writes
+    with the same ``seed`` and counts, so lossless folders decode to the pickles' pixels, in the
+    pickles' order within each class. Returns root."""
+    suffix = {"PNG": "png", "JPEG": "jpg"}[image_format]
+    for name, count, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        labels = balanced_labels(count, len(CIFAR10_CLASSES), split_seed)
+        images = make_images(labels, len(CIFAR10_CLASSES), (32, 32), seed=split_seed)
+        for class_name in CIFAR10_CLASSES:
+            (Path(root) / name / class_name).mkdir(parents=True, exist_ok=True)
+        for row, (label, image) in enumerate(zip(labels, images, strict=True)):
+            path = Path(root) / name / CIFAR10_CLASSES[label] / f"{row:05d}.{suffix}"
+            path.write_bytes(_encode(image, image_format))
+    return Path(root)
+
+
 def make_stl10(
     root: str | Path,
     n_train: int = 100,

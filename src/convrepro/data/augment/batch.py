@@ -10,7 +10,7 @@ values match too. :class:`~convrepro.data.device.DevicePipeline` chains them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +35,17 @@ class BatchStep(Protocol):
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
     return torch.empty(n, device=generator.device).uniform_(low, high, generator=generator)
+
+
+@dataclass(frozen=True)
+class Deterministic:
+    """A transform that draws nothing, called as it is: a batch step here, and a per-sample
+    step in :mod:`convrepro.data.augment.sample` (its second argument is ignored in both)."""
+
+    transform: Callable[[Tensor], Tensor]
+
+    def __call__(self, images: Tensor, randomness: object) -> Tensor:
+        return self.transform(images)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from convrepro.data.augment.batch import central_crop
+from convrepro.data.augment.batch import Deterministic, central_crop
 from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.augment.scales import TrainingScale
 from convrepro.data.augment.views import SubtractMeanImage, TenCropViews
@@ -180,23 +180,14 @@ class Lighting:
         return image + (alphas @ self.axes).to(image.dtype)[:, None, None]
 
 
-@dataclass(frozen=True)
-class Deterministic:
-    """A transform that draws nothing, called as it is."""
-
-    transform: Any
-
-    def __call__(self, image: Tensor, random: SampleRandom) -> Tensor:
-        return self.transform(image)
-
-
 def sample_step(transform: Any) -> SampleStep | None:
     """The per-sample step of one pipeline transform; ``None`` if it has none here (the
     pipeline then runs as torchvision's transform under a seeded global RNG)."""
     match transform:
         case v2.RandomCrop(padding_mode="constant", pad_if_needed=False, fill=int() | float()):
-            left, top, right, bottom = transform.padding or (0, 0, 0, 0)
-            return RandomCrop(tuple(transform.size), (left, right, top, bottom), transform.fill)
+            # v2.RandomCrop keeps any padding form as [left, right, top, bottom]: F.pad's order.
+            padding = tuple(transform.padding or (0, 0, 0, 0))
+            return RandomCrop(tuple(transform.size), padding, transform.fill)
         case v2.RandomHorizontalFlip():
             return HorizontalFlip(transform.p)
         case v2.Resize():

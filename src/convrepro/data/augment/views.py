@@ -56,15 +56,16 @@ class SubtractMeanImage(nn.Module):
 
 
 class TenCropViews(nn.Module):
-    """The four corner crops and the centre crop of one image (C, H, W), then their horizontal
-    flips, stacked as (10, C, size, size) in torchvision's ``TenCrop`` order."""
+    """The four corner crops and the centre crop of an image (C, H, W), then their horizontal
+    flips, stacked as (10, C, size, size) in torchvision's ``TenCrop`` order; a batch
+    (N, C, H, W) gives (N, 10, C, size, size)."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
     def forward(self, image: Tensor) -> Tensor:
-        return torch.stack(TF.ten_crop(image, [self.size, self.size]))
+        return torch.stack(TF.ten_crop(image, [self.size, self.size]), dim=-4)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
