@@ -197,3 +197,34 @@ def test_two_process_ddp_fit_has_one_wandb_run_and_one_checkpoint_folder(cifar_d
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert RunFolder(run_dir).read_summary().epochs == 1
+
+
+@pytest.mark.slow
+def test_test_without_a_checkpoint_uses_the_runs_best_not_fresh_weights(workdir):
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")
+    run_dir = only_run_dir(workdir)
+    cli("test", *TINY_ARGS, "--ckpt_path=best")
+    scored = RunFolder(run_dir).read_summary()
+    cli("test", *TINY_ARGS, f"--run.id={run_dir.name}")  # no --ckpt_path
+    again = RunFolder(run_dir).read_summary()
+    assert again.test["test/acc"] == scored.test["test/acc"]
+    best = run_dir / "checkpoints" / "best.ckpt"
+    assert Path(again.test_checkpoint).resolve() == Path(scored.test_checkpoint).resolve() == best
+
+
+@pytest.mark.slow
+def test_a_restarted_cluster_job_resumes_its_own_run_or_starts_it(workdir, monkeypatch):
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")  # someone else's newer run
+    other = only_run_dir(workdir)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    # The job's first start (or a requeue before its first checkpoint): its own run, anew.
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1", "--ckpt_path=last")
+    own = workdir / "runs" / "vgg11_cifar" / "slurm-4242"
+    assert RunFolder(own).read_summary().epochs == 1
+    assert RunFolder(other).read_summary().epochs == 1  # not resumed, not touched
+    # A restart with its checkpoint: resumes its own run, to the longer length.
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=2", "--ckpt_path=last")
+    assert RunFolder(own).read_summary().epochs == 2
+    assert sorted(p.name for p in (workdir / "runs" / "vgg11_cifar").iterdir()) == sorted(
+        [other.name, "slurm-4242"]
+    )

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 from convrepro.errors import ConfigError, MissingFileError, UserError
 from convrepro.runs.files import write_atomic
@@ -77,23 +78,28 @@ def new_run_id() -> str:
 
 def shared_run_id(explicit: str | None) -> str:
     """The run id every process of this launch agrees on, exported for processes spawned later."""
+    chosen = explicit if explicit and explicit != "none" else launch_run_id()
+    run_id = check_folder_name(chosen or new_run_id(), "run.id")
+    os.environ[RUN_ID_ENV] = run_id  # Lightning's DDP launcher starts ranks 1.. from this env
+    os.environ[RUN_ID_OWNER_ENV] = str(os.getpid())
+    return run_id
+
+
+def launch_run_id() -> str | None:
+    """The run id the launch gives every process: one exported by a parent launcher (or by the
+    user, ``CONVREPRO_RUN_ID``), the SLURM job (array task) id, or torchrun's run id; ``None``
+    for a plain start. A requeued SLURM job keeps its id, so a restart finds its own run."""
     # An id this very process exported belongs to its previous run (a second CLI call in a
     # notebook or test); ids exported by a parent launcher or by the user are shared.
     inherited = (
         os.environ.get(RUN_ID_ENV) if os.environ.get(RUN_ID_OWNER_ENV) != str(os.getpid()) else None
     )
     candidates = (
-        explicit,
         inherited,
         _slurm_job_id(),
         os.environ.get("TORCHELASTIC_RUN_ID") if _is_torchrun() else None,
     )
-    run_id = check_folder_name(
-        next((c for c in candidates if c and c != "none"), None) or new_run_id(), "run.id"
-    )
-    os.environ[RUN_ID_ENV] = run_id  # Lightning's DDP launcher starts ranks 1.. from this env
-    os.environ[RUN_ID_OWNER_ENV] = str(os.getpid())
-    return run_id
+    return next((c for c in candidates if c and c != "none"), None)
 
 
 def resolve_run(
@@ -110,18 +116,27 @@ def resolve_run(
     """
     root, run_id = Path(options.root), options.id
     check_folder_name(name, "run.name")
+    launched = launch_run_id() if not run_id else None
     if ckpt_path in ("last", "best"):
-        found = (
-            RunFolder.at(root, name, run_id) if run_id else RunFolder.latest_resumable(root, name)
-        )
-        if found is None or found.resume_checkpoint() is None:
+        own = run_id or launched
+        found = RunFolder.at(root, name, own) if own else RunFolder.latest_resumable(root, name)
+        if launched and subcommand == "fit" and found.resume_checkpoint() is None:
+            # A cluster job's first start, or a restart before its first checkpoint: its own
+            # run from the beginning, never the newest run of someone else.
+            rank_zero_info(
+                f"--ckpt_path {ckpt_path}: this job's run ({found.path}) has no checkpoint yet; "
+                "starting it from the beginning"
+            )
+            ckpt_path, run_id = None, launched
+        elif found is None or found.resume_checkpoint() is None:
             where = found.checkpoints if found else root / name / "*" / RunFolder.CHECKPOINT_DIR
             raise MissingFileError(
                 f"--ckpt_path {ckpt_path}: no checkpoint of experiment '{name}' under "
                 f"{where}/. Start a new run without --ckpt_path, or pass --ckpt_path "
                 "path/to/file.ckpt."
             )
-        ckpt_path, run_id = str(found.checkpoint_named(ckpt_path)), found.id
+        else:
+            ckpt_path, run_id = str(found.checkpoint_named(ckpt_path)), found.id
     elif ckpt_path and not run_id:
         if not Path(ckpt_path).is_file():
             raise MissingFileError(f"--ckpt_path {ckpt_path}: no such file")
@@ -130,6 +145,10 @@ def resolve_run(
             run_id = owner.id  # results of a saved run go next to it
     run = RunFolder.at(root, name, shared_run_id(run_id))
     run.check_writable()
+    if subcommand != "fit" and not ckpt_path and run.resume_checkpoint() is not None:
+        # The run's own weights, not the config's fresh ones over its results.
+        ckpt_path = str(run.evaluation_checkpoint())
+        rank_zero_info(f"No --ckpt_path: using the run's {Path(ckpt_path).name}")
     if subcommand == "fit" and not ckpt_path and run.resume_checkpoint() is not None:
         raise ConfigError(
             f"run.id={run.id}: {run.path} holds a run with checkpoints already. Resume it with "
@@ -277,16 +296,27 @@ class RunFolder:
         assert newest is not None  # checked by the caller
         if which == "last":
             return newest
-        best = self.read_summary().best_checkpoint  # a configured ModelCheckpoint's own file
-        for candidate in (self.best_checkpoint, Path(best) if best else None):
-            if candidate is not None and candidate.is_file():
-                return candidate
+        best = self._best_file()
+        if best is not None:
+            return best
         raise MissingFileError(
             f"--ckpt_path best: {self.path} has no best checkpoint (written after a validation "
             f"that improved: none ran, or data.val_size=0); its newest is {newest.name}"
             f"{' (mid-epoch weights)' if newest == self.interrupt_checkpoint else ''}. To use "
             f"that one anyway, name it: --ckpt_path {newest}"
         )
+
+    def _best_file(self) -> Path | None:
+        best = self.read_summary().best_checkpoint  # a configured ModelCheckpoint's own file
+        for candidate in (self.best_checkpoint, Path(best) if best else None):
+            if candidate is not None and candidate.is_file():
+                return candidate
+        return None
+
+    def evaluation_checkpoint(self) -> Path | None:
+        """What ``test``, ``validate`` and ``predict`` use when given no checkpoint: the best
+        checkpoint, else the newest one, else ``None`` (a run that never saved one)."""
+        return self._best_file() or self.resume_checkpoint()
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint ``--ckpt_path last`` resumes from: the newer of ``last.ckpt``
