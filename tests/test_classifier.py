@@ -101,9 +101,45 @@ def test_warmup_cosine_schedule_shape():
         optimizer.step()
         scheduler.step()
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
-    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    assert lrs[-1] == 0.0  # min_factor at the last optimiser step, as documented
+    assert lrs[-2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 88 / 89)))
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+
+
+def test_warmup_cosine_without_warmup_steps_starts_at_the_full_lr():
+    parameter = nn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = WarmupCosineLR(optimizer, warmup_fraction=0.004, warmup_start_factor=0.1)
+    scheduler.set_total_steps(100)  # round(0.4) = 0 warm-up steps
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi / 99)))
+
+
+def test_warmup_cosine_resumed_with_more_steps_replans_instead_of_training_at_zero():
+    def scheduler_of(total: int) -> tuple[torch.optim.Optimizer, WarmupCosineLR]:
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(()))], lr=1.0)
+        scheduler = WarmupCosineLR(optimizer, warmup_fraction=0.1)
+        scheduler.set_total_steps(total)
+        return optimizer, scheduler
+
+    optimizer, first = scheduler_of(20)
+    for _ in range(20):
+        optimizer.step()
+        first.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the 20-step run ended at min_factor
+    optimizer, resumed = scheduler_of(40)  # resume with twice the length
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.total_steps == 40 and resumed.last_epoch == 20
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        resumed.step()
+    assert lrs[0] == pytest.approx(resumed._factor(20)) and lrs[0] > 0.4
+    assert all(lr > 0 for lr in lrs[:-1]) and lrs[-1] == 0.0
 
 
 def test_warmup_cosine_gets_its_length_from_the_trainer():

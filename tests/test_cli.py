@@ -228,3 +228,36 @@ def test_a_restarted_cluster_job_resumes_its_own_run_or_starts_it(workdir, monke
     assert sorted(p.name for p in (workdir / "runs" / "vgg11_cifar").iterdir()) == sorted(
         [other.name, "slurm-4242"]
     )
+
+
+def _epoch_lrs(run_dir: Path) -> list[float]:
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    return [float(row["lr-SGD"]) for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ["--model.lr_scheduler=convrepro.training.WarmupCosineLR"],
+        [
+            "--model.lr_scheduler=torch.optim.lr_scheduler.MultiStepLR",
+            "--model.lr_scheduler.init_args.milestones=[1,3]",
+        ],
+        [],  # the default: ReduceLROnPlateau on val/acc
+    ],
+    ids=["cosine", "multistep", "plateau"],
+)
+def test_a_resume_that_lengthens_the_run_never_trains_at_lr_zero(workdir, schedule):
+    args = [*TINY_ARGS, *schedule]
+    cli("fit", *args, "--trainer.max_epochs=4", "--run.id=straight")
+    cli("fit", *args, "--trainer.max_epochs=2", "--run.id=resumed")
+    cli("fit", *args, "--trainer.max_epochs=4", "--run.id=resumed", "--ckpt_path=last")
+    runs = workdir / "runs" / "vgg11_cifar"
+    straight, resumed = _epoch_lrs(runs / "straight"), _epoch_lrs(runs / "resumed")
+    assert len(resumed) == 4
+    if schedule and "WarmupCosineLR" in schedule[0]:
+        # Re-planned over the new length: the extra epochs train at a falling, non-zero LR.
+        assert resumed[2] > resumed[3] > 0
+    else:  # schedules that do not depend on the run's length continue unchanged
+        assert resumed == pytest.approx(straight)

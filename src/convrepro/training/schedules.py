@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -13,8 +15,16 @@ from convrepro.errors import ConfigError
 class WarmupCosineLR(LambdaLR):
     """Linear warm-up to the base LR, then cosine decay to ``min_factor`` x the base LR.
 
-    Stepped once per optimiser step. The total number of steps is only known once the trainer
-    has seen the data, so ``ImageClassifier`` calls :meth:`set_total_steps` right after building it.
+    Stepped once per optimiser step: of ``T`` steps (0 to T-1), the first
+    ``round(warmup_fraction * T)`` rise linearly from ``warmup_start_factor``, the next is at the
+    full LR, and the cosine reaches ``min_factor`` exactly at step T-1, the last. With no warm-up
+    steps, step 0 is at the full LR. The total is only known once the trainer has seen the
+    data, so ``ImageClassifier`` calls :meth:`set_total_steps` right after building it.
+
+    A resumed run that is longer or shorter than the checkpoint's (``trainer.max_epochs``
+    changed) keeps its new length: the cosine is re-planned over it from the step reached, and
+    the console says so (the checkpoint's saved length would otherwise win and train every
+    extra step at ``min_factor``).
 
     Args:
         optimizer: The wrapped optimiser.
@@ -39,10 +49,32 @@ class WarmupCosineLR(LambdaLR):
         super().__init__(optimizer, self._factor)
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Fix the schedule's length (number of optimiser steps in the whole run)."""
+        """Fix the schedule's length (number of optimiser steps in the whole run); the current
+        step's learning rate follows it at once."""
         if total_steps < 1:
             raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = total_steps
+        self._apply_current_factor()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        planned = self.total_steps
+        super().load_state_dict(state_dict)
+        saved = self.total_steps
+        if planned is None or planned == saved:
+            return
+        self.total_steps = planned
+        self._apply_current_factor()
+        rank_zero_info(
+            f"WarmupCosineLR: the run now has {planned} optimiser steps, its checkpoint "
+            f"{saved}; the schedule is re-planned over {planned} from step {self.last_epoch} "
+            f"(learning-rate factor now {self._factor(self.last_epoch):.4g})"
+        )
+
+    def _apply_current_factor(self) -> None:
+        factor = self._factor(self.last_epoch)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base_lr * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _factor(self, step: int) -> float:
         if self.total_steps is None:  # LambdaLR evaluates step 0 before set_total_steps
@@ -51,7 +83,7 @@ class WarmupCosineLR(LambdaLR):
         if step < warmup_steps:
             progress = step / warmup_steps
             return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * progress
-        decay_steps = max(1, self.total_steps - warmup_steps)
+        decay_steps = max(1, self.total_steps - 1 - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / decay_steps)
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
             1.0 + math.cos(math.pi * progress)
