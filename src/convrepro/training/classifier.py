@@ -65,7 +65,8 @@ class ImageClassifier(LightningModule):
             (:mod:`convrepro.training.evaluation`).
             ``None`` = one forward pass of what the datamodule gives (its center crops).
             ``test`` always logs ``test/error`` and ``test/error_top5`` too, as the papers'
-            tables do.
+            tables do. Top-5 metrics exist only with more than five classes (with five or
+            fewer, top-5 is always 1).
     """
 
     def __init__(
@@ -120,6 +121,8 @@ class ImageClassifier(LightningModule):
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
         self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
+        # Top-5 of five classes or fewer is always 1: those runs log no top-5 at all.
+        self.has_top5 = num_classes > 5
         self.val_acc_top5, self.test_acc_top5 = _accuracy(num_classes, 5), _accuracy(num_classes, 5)
         self.test_acc_center = _accuracy(num_classes)
         self.val_acc_best = MaxMetric()
@@ -196,10 +199,11 @@ class ImageClassifier(LightningModule):
         loss, logits, targets = self._shared_step(batch)
         self.val_loss(loss.expand(targets.numel()))
         self.val_acc(logits, targets)
-        self.val_acc_top5(logits, targets)
         self.log(metrics.VAL_LOSS, self.val_loss, prog_bar=True)
         self.log(metrics.VAL_ACC, self.val_acc, prog_bar=True)
-        self.log(metrics.VAL_ACC_TOP5, self.val_acc_top5)
+        if self.has_top5:
+            self.val_acc_top5(logits, targets)
+            self.log(metrics.VAL_ACC_TOP5, self.val_acc_top5)
         return {"predictions": logits.argmax(dim=1)}  # for ValidationPlots
 
     def on_train_start(self) -> None:
@@ -223,16 +227,19 @@ class ImageClassifier(LightningModule):
         loss = self.criterion(logits, targets)
         self.test_loss(loss.expand(targets.numel()))
         self.test_acc(logits, targets)
-        self.test_acc_top5(logits, targets)
         self.log(metrics.TEST_LOSS, self.test_loss)
         self.log(metrics.TEST_ACC, self.test_acc)
-        self.log(metrics.TEST_ACC_TOP5, self.test_acc_top5)
+        if self.has_top5:
+            self.test_acc_top5(logits, targets)
+            self.log(metrics.TEST_ACC_TOP5, self.test_acc_top5)
 
     def on_test_epoch_end(self) -> None:
         # The papers report error rates. compute() has already gathered every process's counts;
         # sync_dist only averages identical values (and keeps Lightning from warning under DDP).
         self.log(metrics.TEST_ERROR, 1.0 - self.test_acc.compute(), sync_dist=True)
-        self.log(metrics.TEST_ERROR_TOP5, 1.0 - self.test_acc_top5.compute(), sync_dist=True)
+        if self.has_top5:
+            error_top5 = 1.0 - self.test_acc_top5.compute()
+            self.log(metrics.TEST_ERROR_TOP5, error_top5, sync_dist=True)
         if self.test_acc_center.update_called:
             error = 1.0 - self.test_acc_center.compute()
             self.log(metrics.TEST_ERROR_CENTER, error, sync_dist=True)
