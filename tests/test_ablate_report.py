@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from scipy import stats as scipy_stats
 from test_ablate_runner import assert_png, read_csv
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate.__main__ import main
-from convrepro.ablate.report import PUBLISHED, render_paper_comparison
+from convrepro.ablate.report import PUBLISHED, render_paper_comparison, write_report
 from convrepro.ablate.results import RunResult, write_results_csv
+from convrepro.errors import AblationError
 from convrepro.testing import MADE_UP_NAME, write_made_up_ablation
 
 OUTPUTS = ("results.csv", "summary.md", "val_acc_curves.png", "test_acc.png")
@@ -113,3 +115,18 @@ def test_report_from_a_wandb_group_lists_the_missing_points(tmp_path, monkeypatc
     assert main(["report", str(ablation), "--wandb", "me/convrepro", f"--out={out}"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: W&B group 'tiny_lrn' of me/convrepro: no runs with arm and")
+
+
+def test_report_refuses_a_test_result_of_another_checkpoint(tmp_path):
+    """A later `test --ckpt_path last` in a grid run's folder must not change the ablation."""
+    out = tmp_path / "ablation"
+    spec = write_made_up_ablation(out)
+    folder = spec.run_folder(out, spec.runs()[1])
+    summary = folder.read_summary()
+    summary.test_checkpoint = str(folder.checkpoints / "last.ckpt")
+    folder.write_summary(summary)
+    with pytest.raises(AblationError, match=f"{folder.id}: its test result is of .*last.ckpt"):
+        write_report(spec, out)
+    summary.test_checkpoint = str(folder.checkpoints / "best.ckpt")
+    folder.write_summary(summary)
+    write_report(spec, out)

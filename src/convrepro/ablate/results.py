@@ -43,10 +43,12 @@ def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], lis
     """The finished runs of ``spec`` under ``out``, and the ids of those without a test result."""
     results, missing = [], []
     for run in spec.runs():
-        summary = spec.run_folder(out, run).read_summary()
+        folder = spec.run_folder(out, run)
+        summary = folder.read_summary()
         if summary.test_acc is None:
             missing.append(run.id)
             continue
+        _check_tested_checkpoint(folder.path, summary.test_checkpoint, summary.best_checkpoint)
         results.append(
             RunResult(
                 arm=run.arm,
@@ -61,6 +63,20 @@ def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], lis
             )
         )
     return results, missing
+
+
+def _check_tested_checkpoint(run: Path, tested: str | None, best: str | None) -> None:
+    """The grid's protocol tests each run's best checkpoint (``test --ckpt_path best``); a
+    result of any other checkpoint (a later ``test`` by hand) must not enter the table."""
+    best_name = Path(best).name if best else "best.ckpt"
+    if tested is None or Path(tested).name == best_name:  # None: not recorded (W&B, old runs)
+        return
+    raise AblationError(
+        f"{run}: its test result is of {tested}, not of the "
+        f"{best_name} the ablation tests (a later `test` replaced it). Test the best "
+        f"checkpoint again: python main.py test --config <the run's config> --run.root "
+        f"{run.parents[1]} --run.name {run.parent.name} --run.id {run.name} --ckpt_path best"
+    )
 
 
 def _or_nan(value: float | None) -> float:
