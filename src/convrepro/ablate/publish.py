@@ -135,7 +135,7 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
     if has_centre:
         header = "| arm | runs | multiview error | 95% CI | centre-crop error | 95% CI |"
         rule = "| --- | ---: | ---: | ---: | ---: | ---: |"
-    lines += [header[:-1] + " published |", rule + " --- |"]
+    lines += [header + " published |", rule + " --- |"]
     for arm in spec.arms:
         summary = stats.summarize(list(errors[arm].values()))
         cells = [arm, str(summary.n), _mean_std(summary), _ci(summary)]
