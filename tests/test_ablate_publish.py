@@ -77,7 +77,8 @@ def test_readme_section_is_what_the_records_say(tmp_path):
     readme.write_text(f"# Title\n\n## Results\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
     assert update_readme(readme, results) is False  # rewritten
     text = readme.read_text()
-    assert text.startswith("# Title") and text.endswith("## After\n") and "stale figures" not in text
+    assert text.startswith("# Title") and text.endswith("## After\n")
+    assert "stale figures" not in text
     assert update_readme(readme, results, check=True) is True
 
     rows = read_results_csv(results / spec.name / "results.csv")
