@@ -202,3 +202,24 @@ def test_predict_step_returns_class_index_and_probability():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageClassifier(SmallNet(), **kwargs)
+
+
+@pytest.mark.parametrize("backbone_lr_scale", [1.0, 0.1])
+def test_weight_decay_reaches_weights_only_unless_asked(backbone_lr_scale):
+    def decay_of(decay_all: bool) -> dict[str, float]:
+        model = ImageClassifier(
+            SmallNet(),
+            num_classes=10,
+            backbone_lr_scale=backbone_lr_scale,
+            decay_biases_and_norms=decay_all,
+        )
+        optimizer = model.configure_optimizers()["optimizer"]
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        assert len(group_of) == len(list(model.parameters()))
+        return {n: group_of[id(p)]["weight_decay"] for n, p in model.backbone.named_parameters()}
+
+    papers = decay_of(False)
+    assert papers["features.0.weight"] == papers["classifier.3.weight"] == 5e-4
+    for name in ("features.0.bias", "features.1.weight", "features.1.bias", "classifier.3.bias"):
+        assert papers[name] == 0.0, name  # conv/linear biases, BatchNorm scale and shift
+    assert set(decay_of(True).values()) == {5e-4}

@@ -57,6 +57,11 @@ class ImageClassifier(LightningModule):
             pets recipe of training only the classifier on top of ImageNet features.
         backbone_lr_scale: Learning-rate multiplier for every parameter except the last layer,
             e.g. 0.1 to fine-tune pretrained layers gently while the new head learns at full LR.
+        decay_biases_and_norms: Apply the optimiser's weight decay to biases and BatchNorm
+            parameters too. ``False`` (default): weights only, as the papers' own code did
+            (cuda-convnet's ``wc`` acts on weights; the VGG paper's Caffe models set
+            ``decay_mult: 0`` on biases). ``True``: every parameter, as many modern CIFAR
+            recipes do (``vgg16_bn_cifar``).
         channels_last: Run convolutions in NHWC memory format (faster with tensor cores).
         compile: ``torch.compile`` the backbone in place; state-dict keys stay unprefixed so
             checkpoints load whether or not it was on.
@@ -79,6 +84,7 @@ class ImageClassifier(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         freeze_features: bool = False,
         backbone_lr_scale: float = 1.0,
+        decay_biases_and_norms: bool = False,
         channels_last: bool = False,
         compile: bool = False,
         test_protocol: EvaluationProtocol | None = None,
@@ -265,15 +271,26 @@ class ImageClassifier(LightningModule):
             return [group for group in groups if group["params"]]
         trainable = [p for p in self.backbone.parameters() if p.requires_grad]
         if self.hparams.backbone_lr_scale == 1.0:
-            return [{"params": trainable}]
-        head_ids = {id(p) for p in self._last_layer().parameters()}
-        return [
-            {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0},
-            {
-                "params": [p for p in trainable if id(p) not in head_ids],
-                "lr_scale": self.hparams.backbone_lr_scale,
-            },
-        ]
+            groups = [{"params": trainable}]
+        else:
+            head_ids = {id(p) for p in self._last_layer().parameters()}
+            groups = [
+                {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0},
+                {
+                    "params": [p for p in trainable if id(p) not in head_ids],
+                    "lr_scale": self.hparams.backbone_lr_scale,
+                },
+            ]
+        if self.hparams.decay_biases_and_norms:
+            return groups
+        # Biases and normalisation scales/shifts are the 1-D parameters.
+        split = []
+        for group in groups:
+            weights = [p for p in group["params"] if p.ndim > 1]
+            others = [p for p in group["params"] if p.ndim <= 1]
+            split.append({**group, "params": weights})
+            split.append({**group, "params": others, "weight_decay": 0.0})
+        return [group for group in split if group["params"]]
 
     def configure_optimizers(self) -> dict:
         groups = self._parameter_groups()
