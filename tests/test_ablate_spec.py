@@ -177,3 +177,29 @@ def test_slurm_options_become_submitit_parameters():
     assert options.with_overrides({"max_timeouts": "12"}).max_timeouts == 12
     with pytest.raises(AblationError, match="max_timeouts must be a whole number >= 0"):
         options.with_overrides({"max_timeouts": "-1"})
+
+
+def test_command_line_settings_join_every_runs_overrides(tmp_path):
+    spec = load_spec(write_ablation_file(tmp_path)).with_settings(
+        ["data.init_args.data_dir=/data/cifar10", "trainer.max_epochs=3", "data.init_args.seed="]
+    )
+    assert spec.overrides == {
+        "trainer.max_epochs": 3,  # typed as YAML reads it, and it replaces the file's value
+        "data.init_args.data_dir": "/data/cifar10",
+        "data.init_args.seed": "",
+    }
+    run = spec.run("lrn", 0)
+    assert "--data.init_args.data_dir=/data/cifar10" in run.cli_args()
+    # The grid's own copy of the file records them, so every point and the report see them.
+    recorded = yaml.safe_load(spec.to_yaml())["overrides"]
+    assert recorded["data.init_args.data_dir"] == "/data/cifar10"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("max_epochs", "write KEY=VALUE"), ("=3", "write KEY=VALUE"), ("seed_everything=1", "runner")],
+)
+def test_bad_command_line_settings_are_one_line(tmp_path, capsys, setting, message):
+    assert main([str(write_ablation_file(tmp_path)), "--dry-run", "--set", setting]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

@@ -80,14 +80,7 @@ def _run(argv: list[str]) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="check the configs, print the plan, run nothing"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config setting for every run (repeatable), on top of the file's overrides, "
-        "e.g. --set data.init_args.data_dir=/data/cifar10",
-    )
+    _add_set_argument(parser)
     add_override_arguments(parser)
     args = parser.parse_args(argv)
     spec = load_spec(args.ablation).with_settings(args.set)
@@ -139,10 +132,11 @@ def _one(argv: list[str]) -> int:
         help="processes per node of a multi-process (DDP) run: --trainer.devices",
     )
     parser.add_argument("--num-nodes", type=int, help="nodes of a multi-process run")
+    _add_set_argument(parser)
     args = parser.parse_args(argv)
     from convrepro.ablate.point import run_point
 
-    spec = load_spec(args.ablation)
+    spec = load_spec(args.ablation).with_settings(args.set)
     out = args.out or default_out(spec.name)
     launch = []
     if args.devices_per_node is not None:
@@ -301,6 +295,17 @@ def _copy_wandb_group(spec: AblationSpec, project: str, out: Path) -> None:
     except (ValueError, wandb.errors.Error) as error:
         raise AblationError(f"W&B group {spec.name!r} of {project}: {error}") from error
     (out / SPEC_FILE).write_text(spec.to_yaml())  # the file's arms and seeds: missing ones show
+
+
+def _add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config setting for every run (repeatable), on top of the file's overrides, "
+        "e.g. --set data.init_args.data_dir=/data/cifar10",
+    )
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
