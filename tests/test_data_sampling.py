@@ -129,3 +129,16 @@ def test_eval_sharding_that_cannot_be_balanced_is_an_error(num_samples, batch_si
 def test_eval_batches_never_drop_samples():
     with pytest.raises(ValueError, match="drop_last"):
         ShardedEvalBatchSampler(SequentialSampler(range(5)), 2, drop_last=True)
+
+
+def test_seeds_that_differ_only_in_their_high_32_bits_give_different_orders(monkeypatch):
+    """torch's CPU generator keeps only the low 32 bits of a seed; the 64-bit derived seeds
+    must be folded, not cut, or two epochs (or runs) could shuffle identically."""
+    from convrepro.data import sampling
+
+    low = 0x1234_5678
+    keys = iter([low, low + (7 << 32)])
+    monkeypatch.setattr(sampling, "derive_seed", lambda *_: next(keys))
+    first = list(sampling.ShuffledShardSampler(100, seed=0))
+    second = list(sampling.ShuffledShardSampler(100, seed=0))
+    assert [i for _, i in first] != [i for _, i in second]

@@ -41,6 +41,7 @@ from convrepro.data.sampling import (
     ShardedEvalBatchSampler,
     ShuffledShardSampler,
     derive_seed,
+    torch_seed,
 )
 from convrepro.errors import ConfigError, MissingFileError, SettingTypeError
 
@@ -328,7 +329,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
                 f"data.val_size={self.val_size} leaves no training images out of "
                 f"{num_images}: lower it"
             )
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, SPLIT_STREAM))
+        generator = torch.Generator().manual_seed(torch_seed(derive_seed(self.seed, SPLIT_STREAM)))
         order = torch.randperm(num_images, generator=generator)
         return sorted(order[val_count:].tolist()), sorted(order[:val_count].tolist())
 

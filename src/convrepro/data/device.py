@@ -34,7 +34,7 @@ from convrepro.data.augment import batch as batched
 from convrepro.data.augment.batch import MAX_UINT8, BatchStep
 from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.augment.views import SubtractMeanImage, TenCropViews
-from convrepro.data.sampling import AUGMENT_STREAM, derive_seed, sample_key
+from convrepro.data.sampling import AUGMENT_STREAM, derive_seed, sample_key, torch_seed
 from convrepro.data.transforms import pipeline_parts
 from convrepro.errors import ConfigError
 
@@ -226,7 +226,7 @@ class DeviceBatches:
         positions = positions.to(self.device).split([len(batch) for batch in batches])
         for batch, index in zip(batches, positions, strict=True):
             epoch, first = batch[0]
-            self.generator.manual_seed(sample_key(self.stream_seed, epoch, first))
+            self.generator.manual_seed(torch_seed(sample_key(self.stream_seed, epoch, first)))
             images = self.images.index_select(0, index)
             yield self.pipeline(images, self.generator), self.labels.index_select(0, index)
 

@@ -26,7 +26,13 @@ from torch.utils.data import Dataset
 
 from convrepro.data.augment.batch import MAX_UINT8
 from convrepro.data.augment.sample import SampleStep, sample_step
-from convrepro.data.sampling import AUGMENT_STREAM, SampleRandom, derive_seed, sample_key
+from convrepro.data.sampling import (
+    AUGMENT_STREAM,
+    SampleRandom,
+    derive_seed,
+    sample_key,
+    torch_seed,
+)
 from convrepro.data.transforms import pipeline_parts
 
 SourceName = Literal["train", "val", "test", "predict"]
@@ -150,5 +156,5 @@ class SplitView(Dataset):
         if self._pipeline is not None:
             return self._pipeline(image, random), int(label)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(random.bits())
+            torch.default_generator.manual_seed(torch_seed(random.bits()))
             return self.transform(image), int(label)

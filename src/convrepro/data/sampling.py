@@ -46,6 +46,14 @@ def derive_seed(*keys: int) -> int:
 
 
 _MASK64 = (1 << 64) - 1
+
+
+def torch_seed(key: int) -> int:
+    """A 64-bit key folded into the 32 bits that torch's CPU generators keep of a seed (they
+    drop the high half, so keys that differ only there would give one and the same stream)."""
+    return (key ^ (key >> 32)) & 0xFFFFFFFF
+
+
 _GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / golden ratio, odd
 
 
@@ -162,7 +170,7 @@ class ShuffledShardSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(
-            derive_seed(self.seed, SHUFFLE_STREAM, self.epoch)
+            torch_seed(derive_seed(self.seed, SHUFFLE_STREAM, self.epoch))
         )
         order = torch.randperm(self.num_samples, generator=generator)
         order = order[: len(self) * self.num_replicas]

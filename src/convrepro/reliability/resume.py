@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from convrepro.data.contract import datamodule_of, resumable_sampler
-from convrepro.data.sampling import TRAIN_STEP_STREAM, derive_seed
+from convrepro.data.sampling import TRAIN_STEP_STREAM, derive_seed, torch_seed
 
 
 class ExactResume(Callback):
@@ -63,8 +63,14 @@ class ExactResume(Callback):
     ) -> None:
         # manual_seed only sets host-side generator state (no kernel, no device sync).
         torch.manual_seed(
-            derive_seed(
-                self.seed, TRAIN_STEP_STREAM, trainer.current_epoch, batch_idx, trainer.global_rank
+            torch_seed(
+                derive_seed(
+                    self.seed,
+                    TRAIN_STEP_STREAM,
+                    trainer.current_epoch,
+                    batch_idx,
+                    trainer.global_rank,
+                )
             )
         )
 
