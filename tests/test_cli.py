@@ -8,6 +8,7 @@ again), the first start's output (test_console), signals and exit statuses (test
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -232,7 +233,8 @@ def test_a_restarted_cluster_job_resumes_its_own_run_or_starts_it(workdir, monke
 
 def _epoch_lrs(run_dir: Path) -> list[float]:
     rows = list(csv.DictReader((run_dir / "history.csv").open()))
-    return [float(row["lr-SGD"]) for row in rows]
+    column = next(key for key in rows[0] if key.startswith("lr-SGD"))  # the weights' group
+    return [float(row[column]) for row in rows]
 
 
 @pytest.mark.slow
@@ -261,3 +263,30 @@ def test_a_resume_that_lengthens_the_run_never_trains_at_lr_zero(workdir, schedu
         assert resumed[2] > resumed[3] > 0
     else:  # schedules that do not depend on the run's length continue unchanged
         assert resumed == pytest.approx(straight)
+
+
+@pytest.mark.slow
+def test_later_commands_add_to_the_records_and_never_falsify_them(workdir):
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")
+    run_dir = only_run_dir(workdir)
+    run = RunFolder(run_dir)
+    cli("test", *TINY_ARGS, "--ckpt_path=best")
+    tested = run.read_summary()
+    # validate is no epoch of the fit: history.csv keeps the fit's one row.
+    cli("validate", *TINY_ARGS, "--ckpt_path=best")
+    assert len(run.read_history()) == 1
+    # Resuming a finished run trains nothing and validates nothing: its best stays recorded.
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1", "--ckpt_path=last")
+    assert run.read_summary().best_val_acc == tested.best_val_acc
+    assert run.read_summary().test == tested.test  # the weights did not change
+    # Training on after the test: the old result is kept, marked as of the earlier weights.
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=2", "--ckpt_path=last")
+    summary = run.read_summary()
+    assert summary.test == {} and summary.test_checkpoint is None
+    (earlier,) = summary.earlier_tests
+    assert earlier["test/acc"] == tested.test["test/acc"]
+    assert earlier["global_step"] == tested.global_step
+    assert Path(earlier["checkpoint"]).is_absolute()
+    invocations = json.loads(run.provenance_file.read_text())["invocations"]
+    subcommands = [entry["subcommand"] for entry in invocations]
+    assert subcommands == ["fit", "test", "validate", "resume", "resume"]

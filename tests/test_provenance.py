@@ -162,3 +162,25 @@ def test_ablation_report_states_the_provenance_of_its_runs(tmp_path):
     assert f"- Only {len(runs) - 1} of {len(runs)} runs share the code version" in report
     assert f"| {runs[-1].id} | **git 11111111 then git 22222222" in report
     assert json.loads(runs[0].provenance_file.read_text())["invocations"]
+
+
+def test_a_command_ending_keeps_what_another_command_recorded_meanwhile(tmp_path):
+    """A `test` that starts and ends while a `fit` runs: the fit's end must not drop it."""
+    from convrepro.runs.folder import RunFolder
+    from convrepro.runs.provenance import new_invocation, read_provenance, record_invocation
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    fit = new_invocation("fit", ["python", "main.py", "fit"], "2026-01-01T10:00:00Z")
+    record_invocation(run, fit)
+    test = new_invocation("test", ["python", "main.py", "test"], "2026-01-01T10:05:00Z")
+    record_invocation(run, test)
+    test.ended, test.outcome = "2026-01-01T10:06:00Z", "finished"
+    record_invocation(run, test)
+    fit.ended, fit.outcome = "2026-01-01T11:00:00Z", "finished"
+    record_invocation(run, fit)
+    recorded = read_provenance(run)
+    assert [(i.subcommand, i.outcome) for i in recorded] == [
+        ("fit", "finished"),
+        ("test", "finished"),
+    ]

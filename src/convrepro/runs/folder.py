@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import os
 import re
@@ -31,7 +32,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,18 @@ class RunFolder:
         (periodic and end-of-epoch saves) and ``interrupted.ckpt`` (a stop signal), if any."""
         candidates = [p for p in (self.last_checkpoint, self.interrupt_checkpoint) if p.is_file()]
         return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+    @contextlib.contextmanager
+    def records_lock(self) -> Iterator[None]:
+        """Held while a command reads, changes and writes back a record of this run
+        (``summary.json``, ``provenance.json``): two commands on one run (a ``test`` while the
+        ``fit`` runs) must each add to what the other wrote, not write back a stale copy."""
+        with (self.path / ".records.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def read_summary(self) -> Summary:
         """The run's summary; empty (nothing happened yet) if it has none."""

@@ -126,6 +126,25 @@ def read_provenance(run: RunFolder) -> list[Invocation]:
     return [Invocation.from_dict(entry) for entry in json.loads(path.read_text())["invocations"]]
 
 
+def record_invocation(run: RunFolder, invocation: Invocation) -> dict[str, Any]:
+    """Add ``invocation`` to the run's ``provenance.json``, or update its entry there (the same
+    command: start time, host and command line), keeping whatever other commands wrote in the
+    meantime; returns the file's content."""
+    with run.records_lock():
+        invocations = read_provenance(run)
+        key = _identity(invocation)
+        position = next((i for i, x in enumerate(invocations) if _identity(x) == key), None)
+        if position is None:
+            invocations.append(invocation)
+        else:
+            invocations[position] = invocation
+        return write_provenance(run, invocations)
+
+
+def _identity(invocation: Invocation) -> tuple[str, str, tuple[str, ...]]:
+    return invocation.started, invocation.host, tuple(invocation.command)
+
+
 def write_provenance(run: RunFolder, invocations: Sequence[Invocation]) -> dict[str, Any]:
     """Write the run's ``provenance.json``; returns its content (for the W&B run config)."""
     content = {"invocations": [asdict(invocation) for invocation in invocations]}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 
 from convrepro.data.contract import datamodule_of
 from convrepro.errors import TrainingDiverged
@@ -26,10 +28,10 @@ from convrepro.runs.provenance import (
     Invocation,
     data_fingerprint,
     device_record,
-    read_provenance,
+    record_invocation,
     utc_now,
-    write_provenance,
 )
+from convrepro.runs.summary import Summary
 from convrepro.training import metrics
 
 TOP_K = 5  # classes listed per image in predictions.csv
@@ -58,7 +60,9 @@ class RunSummary(Callback):
         self._fit_started = time.monotonic()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # history.csv is the fit's epochs; a `validate` command is no epoch of it.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if trainer.sanity_checking or not trainer.is_global_zero or not fitting:
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update(_scalar_metrics(trainer, (metrics.VAL_PREFIX, "lr")))
@@ -68,23 +72,48 @@ class RunSummary(Callback):
         if not trainer.is_global_zero:
             return
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        best = _scalar_metrics(trainer, (metrics.VAL_ACC_BEST,)).get(metrics.VAL_ACC_BEST, math.nan)
-        summary = self.run.read_summary()
-        summary.best_val_acc = best
-        summary.best_checkpoint = checkpoint.best_model_path if checkpoint else ""
-        summary.last_checkpoint = checkpoint.last_model_path if checkpoint else ""
-        summary.epochs = trainer.current_epoch
-        summary.global_step = trainer.global_step
-        # a resumed run adds its time to that of the runs before it
-        summary.fit_seconds = (summary.fit_seconds or 0.0) + time.monotonic() - self._fit_started
-        self.run.write_summary(summary)
+        best = _scalar_metrics(trainer, (metrics.VAL_ACC_BEST,)).get(metrics.VAL_ACC_BEST)
+        with self.run.records_lock():
+            summary = self.run.read_summary()
+            if summary.tested and trainer.global_step != summary.global_step:
+                _retire_test_result(summary)
+            # A fit that validated nothing (a resume of a finished run) keeps the recorded best.
+            summary.best_val_acc = best if best is not None else summary.best_val_acc
+            summary.best_checkpoint = _absolute(checkpoint.best_model_path if checkpoint else "")
+            summary.last_checkpoint = _absolute(checkpoint.last_model_path if checkpoint else "")
+            summary.epochs = trainer.current_epoch
+            summary.global_step = trainer.global_step
+            # a resumed run adds its time to that of the runs before it
+            elapsed = time.monotonic() - self._fit_started
+            summary.fit_seconds = (summary.fit_seconds or 0.0) + elapsed
+            self.run.write_summary(summary)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        with self.run.records_lock():
             summary = self.run.read_summary()
             summary.test.update(_scalar_metrics(trainer, (metrics.TEST_PREFIX,)))
-            summary.test_checkpoint = str(trainer.ckpt_path) if trainer.ckpt_path else None
+            summary.test_checkpoint = _absolute(trainer.ckpt_path) if trainer.ckpt_path else None
             self.run.write_summary(summary)
+
+
+def _retire_test_result(summary: Summary) -> None:
+    """The run trained on after its test: the result is of weights its checkpoints no longer
+    hold. It moves to ``earlier_tests`` and the run counts as untested again."""
+    summary.earlier_tests.append(
+        {"checkpoint": summary.test_checkpoint, "global_step": summary.global_step, **summary.test}
+    )
+    summary.test, summary.test_checkpoint = {}, None
+    rank_zero_info(
+        "The run trained on after its last test: that test result is now under earlier_tests "
+        "in summary.json. Test again for a result of the new weights."
+    )
+
+
+def _absolute(path: str | Path) -> str:
+    """Every path in a summary absolute, whichever way the command named it; '' stays ''."""
+    return str(Path(path).resolve()) if path else ""
 
 
 class RunProvenance(Callback):
@@ -95,15 +124,13 @@ class RunProvenance(Callback):
     def __init__(self, run: RunFolder, invocation: Invocation) -> None:
         self.run = run
         self.invocation = invocation
-        self._earlier: list[Invocation] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
             return
         self.invocation.devices = device_record(trainer)
         self.invocation.data = data_fingerprint(trainer.datamodule)
-        self._earlier = read_provenance(self.run)
-        record = self._write()
+        record = record_invocation(self.run, self.invocation)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"provenance": record}, allow_val_change=True)
@@ -126,10 +153,7 @@ class RunProvenance(Callback):
         # Not written yet (failed before setup), or its folder was removed (a failed start).
         if trainer.is_global_zero and self.invocation.devices and self.run.path.is_dir():
             self.invocation.ended, self.invocation.outcome = utc_now(), outcome
-            self._write()
-
-    def _write(self) -> dict[str, Any]:
-        return write_provenance(self.run, [*self._earlier, self.invocation])
+            record_invocation(self.run, self.invocation)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -30,6 +30,9 @@ class Summary:
             ``test`` ran.
         test_checkpoint: The checkpoint ``test`` scored, so that a result says which weights
             it is of (``best.ckpt``, or one asked for explicitly).
+        earlier_tests: Test results that a later ``fit`` made out of date (its checkpoints
+            replaced the weights they were of), each with its checkpoint and the optimiser step
+            the run had reached: kept, never erased, but no longer the run's result.
     """
 
     best_val_acc: float | None = None
@@ -40,6 +43,7 @@ class Summary:
     fit_seconds: float | None = None
     test: dict[str, float] = field(default_factory=dict)
     test_checkpoint: str | None = None
+    earlier_tests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def fit_finished(self) -> bool:
@@ -63,7 +67,7 @@ class Summary:
         values: dict[str, Any] = {
             f.name: getattr(self, f.name) for f in fields(self) if f.name != "test"
         }
-        values = {key: value for key, value in values.items() if value is not None}
+        values = {key: value for key, value in values.items() if value not in (None, [])}
         return json.dumps({**values, **self.test}, indent=2) + "\n"
 
     @classmethod
