@@ -218,6 +218,7 @@ class ConvLocalNet(nn.Module):
             params = LAYER_PARAMS[self.definition][name]
             groups.append(
                 {
+                    "name": f"{name}.weight",
                     "params": [layer.weight],
                     "lr_scale": params.epsW / BASE_EPS,
                     "momentum": params.momW,
@@ -226,6 +227,7 @@ class ConvLocalNet(nn.Module):
             )
             groups.append(
                 {
+                    "name": f"{name}.bias",
                     "params": [layer.bias],
                     "lr_scale": params.epsB / BASE_EPS,
                     "momentum": params.momB,

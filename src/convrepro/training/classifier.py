@@ -275,8 +275,13 @@ class ImageClassifier(LightningModule):
         else:
             head_ids = {id(p) for p in self._last_layer().parameters()}
             groups = [
-                {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0},
                 {
+                    "name": "head",
+                    "params": [p for p in trainable if id(p) in head_ids],
+                    "lr_scale": 1.0,
+                },
+                {
+                    "name": "backbone",
                     "params": [p for p in trainable if id(p) not in head_ids],
                     "lr_scale": self.hparams.backbone_lr_scale,
                 },
@@ -284,12 +289,16 @@ class ImageClassifier(LightningModule):
         if self.hparams.decay_biases_and_norms:
             return groups
         # Biases and normalisation scales/shifts are the 1-D parameters.
+        # The groups are named for LearningRateMonitor's columns (lr-SGD/weights, ...).
         split = []
         for group in groups:
+            prefix = f"{group['name']}." if "name" in group else ""
             weights = [p for p in group["params"] if p.ndim > 1]
             others = [p for p in group["params"] if p.ndim <= 1]
-            split.append({**group, "params": weights})
-            split.append({**group, "params": others, "weight_decay": 0.0})
+            split.append({**group, "name": f"{prefix}weights", "params": weights})
+            split.append(
+                {**group, "name": f"{prefix}biases_norms", "params": others, "weight_decay": 0.0}
+            )
         return [group for group in split if group["params"]]
 
     def configure_optimizers(self) -> dict:
