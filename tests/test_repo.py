@@ -51,3 +51,30 @@ def test_version_ranges_accept_the_local_torch():
 def test_ruff_clean():
     result = subprocess.run(["ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_github_workflow_runs_exactly_the_readme_install_and_test_commands():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["test"]["steps"]
+    lines = [
+        line.strip()
+        for step in steps
+        if "run" in step
+        for line in step["run"].splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    readme = _commands_in_readme_block("## Install") + _commands_in_readme_block("## Test")
+    assert lines == readme
+    assert workflow["jobs"]["test"]["env"]["CI"] == "true"
+
+
+def test_repository_files_people_look_for():
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
+    titles = " ".join(reference["title"] for reference in citation["references"])
+    assert "Very Deep Convolutional Networks" in titles and "ImageNet Classification" in titles
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"]
+    ids = {hook["id"] for repo in hooks for hook in repo["hooks"]}
+    assert {"ruff", "ruff-format", "nbstripout"} <= ids
