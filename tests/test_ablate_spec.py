@@ -203,3 +203,17 @@ def test_bad_command_line_settings_are_one_line(tmp_path, capsys, setting, messa
     assert main([str(write_ablation_file(tmp_path)), "--dry-run", "--set", setting]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_an_arm_written_twice_is_refused_with_both_lines(tmp_path, capsys):
+    path = write_ablation_file(tmp_path)
+    text = path.read_text().replace(
+        "  lrn:\n", "  lrn:\n    model.backbone.init_args.lrn: false\n  lrn:\n", 1
+    )
+    path.write_text(text)
+    lines = text.splitlines()
+    first, second = [i + 1 for i, line in enumerate(lines) if line == "  lrn:"]
+    assert main([str(path), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"key 'lrn' appears twice, on lines {first} and {second}" in error
+    assert error.count("\n") == 1

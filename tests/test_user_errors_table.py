@@ -75,6 +75,7 @@ def bad_ckpt(kind: str, says: str | tuple[str, ...], write: Callable[[Path], Non
 
 
 SIGTERM, SIGINT = signal.SIGTERM, signal.SIGINT
+TWICE = "trainer:\n  max_epochs: 1\ntrainer:\n  max_epochs: 2\n"
 COSINE = "convrepro.training.WarmupCosineLR"
 ROWS = [
     # Issue 6: config typos and types, data, files, checkpoints, sizes, stops, divergence.
@@ -352,6 +353,14 @@ ROWS = [
         143,
         "stopped at step 0 and saved",
         resumable,
+    ),
+    # 19: a key written twice in a config (YAML would silently keep the second).
+    Row(
+        "config with a key written twice",
+        ["fit", "--config=twice.yaml"],
+        2,
+        "error: config: key 'trainer' appears twice, on lines 1 and 3",
+        setup=file("twice.yaml", lambda p: p.write_text(TWICE)),
     ),
 ]
 

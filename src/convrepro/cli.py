@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import torch
 import yaml
-from jsonargparse import Namespace, dict_to_namespace
+from jsonargparse import Namespace, dict_to_namespace, get_loader, set_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -48,6 +48,7 @@ from convrepro.reliability import (
 from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
 from convrepro.runs.console import RunConsole, prepare_loggers, silence_known_noise
+from convrepro.runs.files import DuplicateKeyError, check_unique_keys
 from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
 from convrepro.runs.records import PredictionWriter, RunProvenance, RunSummary
@@ -111,6 +112,21 @@ def _one_line(message: str) -> str:
     ]
     text = "; ".join(details).replace(":; ", ": ")
     return f"{'.'.join(keys)}: {text}" if keys else text
+
+
+def _yaml_with_unique_keys(stream: str) -> Any:
+    """jsonargparse's YAML loading (config files and command-line values), refusing a key
+    written twice: YAML would silently keep the last, so a config could train something else
+    than it reads as."""
+    try:
+        check_unique_keys(stream)
+    except DuplicateKeyError as error:
+        raise ConfigError(f"config: {error.problem}") from error
+    return _JSONARGPARSE_YAML(stream)
+
+
+_JSONARGPARSE_YAML = get_loader("yaml")
+set_loader("yaml", _yaml_with_unique_keys, exceptions=(yaml.YAMLError,))
 
 
 class ConvReproCLI(LightningCLI):

@@ -39,6 +39,7 @@ import yaml
 
 from convrepro.ablate.slurm_options import SlurmOptions, parse_slurm_section
 from convrepro.errors import AblationError
+from convrepro.runs.files import DuplicateKeyError, UniqueKeyLoader
 from convrepro.runs.folder import RunFolder
 
 ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm")
@@ -161,9 +162,11 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     try:
         data = yaml.load(path.read_text(), Loader=_Yaml12Numbers)
     except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if isinstance(error, DuplicateKeyError):  # the problem names the key and both lines
+            raise AblationError(f"{path}: {problem}") from error
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise AblationError(f"{path}: not valid YAML{line}: {problem}") from error
     if not isinstance(data, dict):
         raise AblationError(f"{path}: expected a mapping with keys {', '.join(ALLOWED_KEYS)}")
@@ -191,8 +194,9 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     )
 
 
-class _Yaml12Numbers(yaml.SafeLoader):
-    """PyYAML's safe loader without YAML 1.1's base-60 integers (``4:00:00`` -> 14400)."""
+class _Yaml12Numbers(UniqueKeyLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 integers (``4:00:00`` -> 14400), and
+    refusing a key written twice (a second arm of the same name would replace the first)."""
 
 
 _INT_TAG = "tag:yaml.org,2002:int"

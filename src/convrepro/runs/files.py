@@ -1,4 +1,5 @@
-"""Writing a file so that a reader, or a crash, never sees it half-written."""
+"""Writing a file so that a reader, or a crash, never sees it half-written; reading YAML so that a
+key written twice is an error, not a silent last-one-wins."""
 
 from __future__ import annotations
 
@@ -9,7 +10,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import yaml
+
 Content = str | bytes | Callable[[BinaryIO], None]
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping in a YAML text names the same key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice, on lines {first_line[key]} and {line}; "
+                    "keep one (YAML would silently use the last)",
+                    key_node.start_mark,
+                )
+            first_line.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_unique_keys(text: str) -> None:
+    """Raise :class:`DuplicateKeyError` if any mapping in the YAML ``text`` repeats a key. Other
+    YAML errors are left to the caller's own parser, which reports them its way."""
+    try:
+        yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError:
+        raise
+    except yaml.YAMLError:
+        return
 
 
 def write_atomic(path: str | Path, content: Content) -> Path:

@@ -330,6 +330,7 @@ class RunFolder:
         """Held while a command reads, changes and writes back a record of this run
         (``summary.json``, ``provenance.json``): two commands on one run (a ``test`` while the
         ``fit`` runs) must each add to what the other wrote, not write back a stale copy."""
+        self.path.mkdir(parents=True, exist_ok=True)  # as writing the record itself would
         with (self.path / ".records.lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
