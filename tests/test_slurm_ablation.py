@@ -291,6 +291,11 @@ def test_partition_slurm_rejects_submits_nothing(grid, run_environment, slurm_cl
     assert error.startswith("error: sbatch refused the job array: ") and error.count("\n") == 1
     assert "invalid partition" in error.lower() and "Nothing was submitted" in error
     assert not slurm.read_submitted(out)
+    # The default of one GPU per run, on this CPU-only cluster: what it means and what to do.
+    assert main(submit) == 2
+    error = capsys.readouterr().err
+    assert "generic resource" in error.lower() and "--gpus-per-run 0" in error
+    assert error.count("\n") == 1 and not slurm.read_submitted(out)
     # data every point reads is missing: stopped before the first point is submitted
     spec = yaml.safe_load(grid["grid"].read_text())
     spec["overrides"] = {"data.init_args.data_dir": str(grid["folder"] / "no-data")}

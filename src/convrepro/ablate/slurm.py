@@ -122,8 +122,8 @@ def submit_grid(
         said = (str(error).strip() or captured.getvalue().strip()).splitlines() or ["?"]
         reason = said[-1].removeprefix("sbatch: error: ")
         raise AblationError(
-            f"sbatch refused the job array: {reason}. Nothing was submitted; fix the "
-            "slurm: section of the ablation file or the --partition/--account/--qos/... flags"
+            f"sbatch refused the job array: {reason}. Nothing was submitted; "
+            + _remedy(reason, options)
         ) from None
     submitted.update(
         {
@@ -136,6 +136,21 @@ def submit_grid(
         json.dumps({run_id: asdict(point) for run_id, point in submitted.items()}, indent=2),
     )
     return jobs[0].job_id.split("_")[0]
+
+
+def _remedy(reason: str, options: SlurmOptions) -> str:
+    """What to do about sbatch's refusal, in the user's terms."""
+    if "generic resource" in reason.lower() and options.gpus_per_run:
+        partition = f"partition {options.partition}" if options.partition else "the partition"
+        return (
+            f"each run asks for {options.gpus_per_run} GPU(s) (gres) and {partition} has none "
+            "(sinfo -o '%P %G' lists the partitions' GPUs). Choose a GPU partition "
+            "(--partition), or train on CPUs with --gpus-per-run 0"
+        )
+    return (
+        "fix the slurm: section of the ablation file or the --partition/--account/--qos/... "
+        "flags"
+    )
 
 
 def submitit_parameters(name: str, options: SlurmOptions) -> dict[str, Any]:
