@@ -23,10 +23,12 @@ NOISE = (
     "LeafSpec",
     "`srun` command is available",
     "Total FLOPs: 0",
+    "seamless cloud uploads",  # litmodels, at test and predict
+    "Be aware that when using `ckpt_path`",
 )
 
 
-@pytest.mark.slow  # one main.py fit: ~20 s on 2 cores
+@pytest.mark.slow  # main.py fit, validate, test and predict: ~60 s on 2 cores
 def test_first_fit_prints_the_essentials_and_no_known_noise(tmp_path, monkeypatch):
     # A machine with SLURM installed, outside any git repository: both used to add noise.
     bin_dir = tmp_path / "bin"
@@ -51,6 +53,13 @@ def test_first_fit_prints_the_essentials_and_no_known_noise(tmp_path, monkeypatc
     ), printed
     assert re.search(r"Epoch 0/0 .* 7/7", result.stdout)  # the progress bar
     assert f"Checkpoints: {run_dir / 'checkpoints'}/ (best.ckpt, last.ckpt; best val/acc" in printed
+    # Every other subcommand starts as quietly.
+    for subcommand in ("validate", "test", "predict"):
+        result = run_main(tmp_path, subcommand, *TINY_ARGS, "--ckpt_path=best")
+        printed = result.stdout + result.stderr
+        for noise in NOISE:
+            assert noise not in printed, (subcommand, noise)
+        assert f"Run folder: {run_dir}" in printed, subcommand
 
 
 def test_flops_are_counted_on_the_eager_model_without_changing_it():

@@ -47,7 +47,12 @@ from convrepro.reliability import (
 )
 from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
-from convrepro.runs.console import RunConsole, prepare_loggers, silence_known_noise
+from convrepro.runs.console import (
+    RunConsole,
+    prepare_loggers,
+    silence_evaluation_noise,
+    silence_known_noise,
+)
 from convrepro.runs.files import DuplicateKeyError, check_unique_keys
 from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
@@ -191,6 +196,8 @@ class ConvReproCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":
+            silence_evaluation_noise()
         config = self.config[self.subcommand]
         run = self._run
         trainer = config.trainer

@@ -148,8 +148,7 @@ def _remedy(reason: str, options: SlurmOptions) -> str:
             "(--partition), or train on CPUs with --gpus-per-run 0"
         )
     return (
-        "fix the slurm: section of the ablation file or the --partition/--account/--qos/... "
-        "flags"
+        "fix the slurm: section of the ablation file or the --partition/--account/--qos/... flags"
     )
 
 

@@ -4,7 +4,8 @@ A first ``python main.py fit`` used to print, around Lightning's progress bar: a
 LitLogger, two W&B warnings (its deprecated ``anonymous`` setting, which Lightning's WandbLogger
 always passes, and "git root ... does not exist", W&B looking for a git repository in the run
 folder), torch's deprecation warning about Lightning's own pytree code (twice), a hint to use
-``srun`` on every machine with SLURM installed, and a model summary whose FLOPs column read 0.
+``srun`` on every machine with SLURM installed, and a model summary whose FLOPs column read 0;
+``test`` and ``predict`` also an advert for litmodels and a notice about the fit's callbacks.
 
 :func:`silence_known_noise` drops exactly those messages, each by its text (never a category or
 a module wholesale: a new warning still shows). :class:`RunConsole` prints instead what a run is
@@ -42,8 +43,16 @@ KNOWN_WARNINGS = (
     # The hint continues with this process's command line, so only its start is fixed.
     (PossibleUserWarning, "The `srun` command is available on your system but is not used."),
 )
-# Lightning's info message recommending LitLogger, at every Trainer start.
+# Lightning's info messages recommending LitLogger (every Trainer start) and litmodels (every
+# Trainer with a ModelCheckpoint, i.e. test and predict too).
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging and experiment tracking"
+LITMODELS_TIP = "💡 Tip: For seamless cloud uploads and versioning"
+# Lightning's warning when a checkpoint holds the state of callbacks this Trainer lacks: test,
+# validate and predict never run the fit's training callbacks (checkpointing, exact resume...).
+EVALUATION_CALLBACKS_NOTICE = (
+    "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
+    "provided during `Trainer` instantiation."
+)
 _SI_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
@@ -65,7 +74,13 @@ def silence_known_noise() -> None:
         warnings.filterwarnings("ignore", message=re.escape(text), category=category)
     log = rank_zero.log  # the logger behind Lightning's rank_zero_info
     if not any(isinstance(f, _DropMessages) for f in log.filters):
-        log.addFilter(_DropMessages(LITLOGGER_TIP))
+        log.addFilter(_DropMessages(LITLOGGER_TIP, LITMODELS_TIP))
+
+
+def silence_evaluation_noise() -> None:
+    """For ``test``, ``validate`` and ``predict``: also hide Lightning's notice that the fit's
+    callbacks are missing (they are meant to be; on a resume the notice would matter)."""
+    warnings.filterwarnings("ignore", message=re.escape(EVALUATION_CALLBACKS_NOTICE))
 
 
 def quiet_wandb(logger: WandbLogger) -> None:
