@@ -1,7 +1,9 @@
 """ImageFolderDataModule: class discovery, odd image files, bad-file policies, layouts."""
 
+import logging
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,15 +89,16 @@ def test_separate_val_folder_is_used_instead_of_holding_out(tmp_path):
     assert dm.sample_names("val")[0].startswith("val/")
 
 
-def test_bad_files_are_skipped_with_one_warning(tmp_path):
+def test_bad_files_are_skipped_with_one_console_message(tmp_path, caplog):
     root = make_image_folder(tmp_path, n_per_class=N_PER_CLASS, with_bad_files=True)
     dm = datamodule(str(root))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO):
+        warnings.simplefilter("ignore")  # PYTHONWARNINGS=ignore must not hide them
         dm.setup("fit")
-    messages = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    messages = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(messages) == 1
     assert all(name in messages[0] for name in BAD_FILES)
+    assert sorted(Path(file).name for file in dm.skipped_files) == sorted(BAD_FILES)
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 2 * N_PER_CLASS
     assert sum(1 for _ in dm.train_dataloader()) == (2 * N_PER_CLASS - 4) // 4
 

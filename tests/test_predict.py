@@ -2,6 +2,8 @@
 bad files skipped, the CSV and the picture it writes."""
 
 import csv
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,13 @@ def readable_count(root: Path) -> int:
     ],
     ids=["cifar", "cifar-resized", "stl10"],
 )
-def test_archive_datamodules_classify_photos_resized_to_their_input(photos, make, size):
+def test_archive_datamodules_classify_photos_resized_to_their_input(photos, make, size, caplog):
     dm = make()
     dm.predict_path = str(photos)
-    with pytest.warns(UserWarning, match=f"Skipping {len(BAD_FILES)} unreadable image files"):
+    with caplog.at_level(logging.INFO):
         dm.setup("predict")
+    assert f"Skipping {len(BAD_FILES)} unreadable image files" in caplog.text
+    assert sorted(Path(file).name for file in dm.skipped_files) == sorted(BAD_FILES)
     batches = list(dm.predict_dataloader())
     assert all(images.shape[1:] == (3, size, size) for images, _ in batches)
     assert sum(len(labels) for _, labels in batches) == readable_count(photos)
@@ -81,7 +85,7 @@ def test_missing_or_empty_predict_paths_are_one_line_errors(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"")
     dm.predict_path = str(broken)
-    with pytest.warns(UserWarning), pytest.raises(MissingFileError, match="none of its 1"):
+    with pytest.raises(MissingFileError, match="none of its 1"):
         dm.setup("predict")
 
 
@@ -102,9 +106,12 @@ def test_predict_command_writes_csv_with_top5_and_a_grid(
     in_workdir(tmp_path, monkeypatch)
     cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")
     caplog.clear()
-    with pytest.warns(UserWarning, match="unreadable image files") as warned:
+    # Cluster scripts often run with PYTHONWARNINGS=ignore: what was skipped must still show.
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO):
+        warnings.simplefilter("ignore")
         cli("predict", *TINY_ARGS, "--ckpt_path=best", f"--data.init_args.predict_path={photos}")
     printed = capfd.readouterr().err + caplog.text
+    assert "unreadable image files" in printed and BAD_FILES[0] in printed
     run_dir = only_run_dir(tmp_path)
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     assert len(rows) == readable_count(photos)
@@ -118,5 +125,7 @@ def test_predict_command_writes_csv_with_top5_and_a_grid(
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
     with Image.open(run_dir / "predictions.png") as grid:
         assert grid.width > 400 and grid.height > 400  # 16 images, four per row
-    assert any(BAD_FILES[0] in str(warning.message) for warning in warned)
+    listed = list(csv.DictReader((run_dir / "skipped_images.csv").open()))
+    assert sorted(Path(row["file"]).name for row in listed) == sorted(BAD_FILES)
+    assert {row["command"] for row in listed} == {"predict"} and all(r["reason"] for r in listed)
     assert f"Predictions: {run_dir.relative_to(tmp_path) / 'predictions.csv'}" in printed

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
@@ -122,6 +122,8 @@ class BaseImageDataModule(LightningDataModule, ABC):
         self.horizontal_flip = horizontal_flip
         self.predict_path = predict_path
         self.splits: dict[str, SplitView] = {}
+        #: Unreadable image files left out so far, with the reason: the run folder lists them.
+        self.skipped_files: dict[str, str] = {}
         self.train_sampler: ShuffledShardSampler | None = None
         self._sources: dict[str, Dataset | None] = {}
 
@@ -292,7 +294,7 @@ class BaseImageDataModule(LightningDataModule, ABC):
         files = image_files_under(path)
         bad = find_unreadable(files)
         if bad:
-            rank_zero_warn(f"Skipping {describe_unreadable(path, bad)}")
+            self._skip_unreadable(path, bad)
         readable = [file for file in files if file not in bad]
         if not readable:
             found = (
@@ -302,6 +304,12 @@ class BaseImageDataModule(LightningDataModule, ABC):
             )
             raise MissingFileError(f"data.predict_path={path}: {found}")
         return ImageFiles([(file, UNLABELLED) for file in readable])
+
+    def _skip_unreadable(self, where: str | Path, bad: dict[str, str]) -> None:
+        """Leave ``bad`` files out, saying so on the console (not as a Python warning, which
+        cluster scripts often filter away); the run folder's ``skipped_images.csv`` lists them."""
+        self.skipped_files.update(bad)
+        rank_zero_info(f"Skipping {describe_unreadable(where, bad)}")
 
     def _require_source(self, name: SourceName) -> Dataset:
         source = self._source(name)

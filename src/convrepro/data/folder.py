@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
@@ -244,7 +243,7 @@ class ImageFolderDataModule(BaseImageDataModule):
             raise ConfigError(
                 f"{summary}\nFix or delete them, or set data.on_bad_image=skip to leave them out."
             )
-        rank_zero_warn(f"Skipping {summary}")
+        self._skip_unreadable(folder, bad)
 
 
 def _is_hidden(name: str) -> bool:

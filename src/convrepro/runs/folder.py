@@ -269,6 +269,11 @@ class RunFolder:
         return self.path / "provenance.json"
 
     @property
+    def skipped_images(self) -> Path:
+        """``skipped_images.csv``: every unreadable image file a command of the run left out."""
+        return self.path / "skipped_images.csv"
+
+    @property
     def metrics_log(self) -> Path:
         """CSVLogger's ``metrics.csv``."""
         return self.path / "metrics.csv"
@@ -352,6 +357,19 @@ class RunFolder:
             return []
         with self.history.open(newline="") as handle:
             return list(csv.DictReader(handle))
+
+    def record_skipped_images(self, command: str, skipped: Mapping[str, str]) -> None:
+        """Add ``skipped`` (file -> why it was unreadable) to ``skipped_images.csv``, under the
+        command that skipped them; what earlier commands listed stays."""
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        with self.records_lock():
+            if self.skipped_images.is_file():
+                table.write(self.skipped_images.read_text())
+            else:
+                writer.writerow(("command", "file", "reason"))
+            writer.writerows((command, file, reason) for file, reason in sorted(skipped.items()))
+            write_atomic(self.skipped_images, table.getvalue())
 
     def append_history(self, row: Mapping[str, Any]) -> None:
         self.write_history([*self.read_history(), row])

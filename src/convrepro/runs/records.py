@@ -131,6 +131,9 @@ class RunProvenance(Callback):
         self.invocation.devices = device_record(trainer)
         self.invocation.data = data_fingerprint(trainer.datamodule)
         record = record_invocation(self.run, self.invocation)
+        skipped = getattr(trainer.datamodule, "skipped_files", None)
+        if skipped:
+            self.run.record_skipped_images(self.invocation.subcommand, skipped)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"provenance": record}, allow_val_change=True)
