@@ -8,6 +8,7 @@ learning-rate scheduler state. The model has dropout, so the random streams must
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,7 @@ ARGS = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--run.checkpoint_every_n_steps=4",
+    "--trainer.callbacks+=test_reliability_resume.RecordTrainMetrics",
 ]
 
 
@@ -58,6 +60,29 @@ class DropoutTinyNet(TinyNet):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(num_classes, lrn=False)
         self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(16, num_classes))
+
+
+class RecordTrainMetrics(Callback):
+    """Keeps every finished epoch's train/loss and train/acc in the run folder (they are known
+    once the next epoch starts, or the training ends), across the processes of a resumed run."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
+
+    def _record(self, trainer, epoch: int) -> None:
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k in TRAIN_METRICS}
+        if epoch < 0 or len(values) < len(TRAIN_METRICS):  # a fresh process knows none yet
+            return
+        path = Path(trainer.default_root_dir) / "train_metrics.json"
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+        recorded[str(epoch)] = values
+        path.write_text(json.dumps(recorded))
+
+
+TRAIN_METRICS = ("train/loss", "train/acc")
 
 
 class SimulatedCrash(BaseException):
@@ -115,6 +140,7 @@ def outcome(cli: ConvReproCLI, run_dir: Path) -> dict:
         "history": validation_history(run_dir),
         "scheduler": cli.trainer.lr_scheduler_configs[0].scheduler.state_dict(),
         "global_step": cli.trainer.global_step,
+        "train_metrics": json.loads((run_dir / "train_metrics.json").read_text()),
     }
 
 
@@ -123,6 +149,9 @@ def assert_same_run(resumed: dict, expected: dict) -> None:
     assert resumed["history"] == expected["history"]
     assert resumed["scheduler"] == expected["scheduler"]
     assert resumed["scheduler"]["last_epoch"] == 3  # one plateau step per epoch, none lost
+    # Each epoch's training loss and accuracy cover all of its batches, the resumed one too.
+    assert resumed["train_metrics"] == expected["train_metrics"]
+    assert sorted(expected["train_metrics"]) == ["0", "1", "2"]
     different = [
         key
         for key, value in expected["weights"].items()

@@ -133,6 +133,10 @@ class ImageClassifier(LightningModule):
         self.test_acc_center = _accuracy(num_classes)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best
+        # Also in checkpoints: the epoch a run resumes in (a stop mid-epoch) reports its training
+        # loss and accuracy over all of its batches, as the uninterrupted run does.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
 
         if freeze_features:
             self._features().requires_grad_(False)
@@ -217,6 +221,20 @@ class ImageClassifier(LightningModule):
         # the best of its earlier part, restored from the checkpoint.
         if self.trainer.ckpt_path is None:
             self.val_acc_best.reset()
+        # A checkpoint from an epoch's end holds that whole epoch's training counts (saved
+        # after validation, before the epoch's metrics were reset): the next epoch starts anew.
+        loop = self.trainer.fit_loop
+        if loop.restarted_on_epoch_end or loop.resumed_on_epoch_end:
+            self.train_loss.reset()
+            self.train_acc.reset()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the training metrics were saved in them still load; the
+        # epoch such a run resumes in then reports only the batches after the resume.
+        state = checkpoint.get("state_dict", {})
+        for name, value in self.state_dict().items():
+            if name.startswith(("train_loss.", "train_acc.")):
+                state.setdefault(name, value)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
