@@ -42,6 +42,13 @@ class AblationError(ConfigError):
     """An ablation file or folder that cannot be used; the message says what to change."""
 
 
+class PointBusy(AblationError):
+    """A grid point another launcher is running: left alone, not a failure (exit 75, as
+    ``EX_TEMPFAIL``: try again later)."""
+
+    exit_code = 75
+
+
 class TrainingDiverged(UserError, ArithmeticError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 

@@ -28,6 +28,7 @@ from convrepro.ablate.point import (
     steps,
 )
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, Run
+from convrepro.errors import PointBusy
 
 
 def visible_devices() -> list[str]:
@@ -91,6 +92,9 @@ def run_grid(
         finally:
             free_devices.put(device)
         if returncode == 0:
+            return None
+        if returncode == PointBusy.exit_code:  # another launcher runs it: not a failure
+            print(f"{run.id}: left to the launcher that is running it", flush=True)
             return None
         folder = spec.run_folder(out, run)
         return Failure.recorded_in(folder) or Failure(run.id, "one", returncode, folder.log)

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from convrepro.ablate.spec import AblationSpec, Run, runs_root
-from convrepro.errors import AblationError
+from convrepro.errors import AblationError, PointBusy
 from convrepro.runs.files import write_atomic
 from convrepro.runs.folder import RunFolder
 
@@ -240,7 +240,7 @@ def _locked(folder: RunFolder, run: Run) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise AblationError(
+            raise PointBusy(
                 f"{run.id} is being run by {holder} (it holds {handle.name}); this launcher "
                 "leaves it alone. Its progress: python -m convrepro.ablate status"
             ) from None
