@@ -290,3 +290,22 @@ def test_later_commands_add_to_the_records_and_never_falsify_them(workdir):
     invocations = json.loads(run.provenance_file.read_text())["invocations"]
     subcommands = [entry["subcommand"] for entry in invocations]
     assert subcommands == ["fit", "test", "validate", "resume", "resume"]
+
+
+@pytest.mark.slow
+def test_results_of_a_checkpoint_go_next_to_its_run_whatever_the_config(workdir):
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")
+    run_dir = only_run_dir(workdir)
+    other = workdir / "tiny_other.yaml"  # another experiment name for the same network
+    other.write_text((ROOT / "configs" / "vgg11_cifar.yaml").read_text())
+    args = [*TINY_ARGS]
+    args[1] = str(other)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    cli("test", *args, f"--ckpt_path={best}")
+    cli("predict", *args, f"--ckpt_path={best}")
+    assert not (workdir / "runs" / "tiny_other").exists()
+    assert "test/acc" in RunFolder(run_dir).read_summary().test
+    assert (run_dir / "predictions.csv").is_file()
+    invocations = json.loads(RunFolder(run_dir).provenance_file.read_text())["invocations"]
+    assert [i["subcommand"] for i in invocations] == ["fit", "test", "predict"]
+    assert str(other) in " ".join(invocations[1]["command"])

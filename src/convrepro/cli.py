@@ -182,7 +182,11 @@ class ConvReproCLI(LightningCLI):
             self._run, config.ckpt_path = resolve_run(
                 config.run, name, config.get("ckpt_path"), subcommand
             )
-            config.run.name, config.run.id = name, self._run.id
+            config.run.root, config.run.name, config.run.id = (
+                str(self._run.path.parents[1]),
+                self._run.name,
+                self._run.id,
+            )
             # What this command asks for, before the checkpoint's hyperparameters overwrite it.
             dump = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[subcommand]
             self._settings = flat_settings(dump)

@@ -142,8 +142,10 @@ def resolve_run(
         if not Path(ckpt_path).is_file():
             raise MissingFileError(f"--ckpt_path {ckpt_path}: no such file")
         owner = RunFolder.containing(ckpt_path)
-        if owner is not None and owner.name == name:
-            run_id = owner.id  # results of a saved run go next to it
+        if owner is not None:
+            # A saved run's checkpoint: its results go next to it, whichever config (and so
+            # experiment name) the command was given; its provenance records that config.
+            root, name, run_id = owner.path.parents[1], owner.name, owner.id
     run = RunFolder.at(root, name, shared_run_id(run_id))
     run.check_writable()
     if subcommand != "fit" and not ckpt_path and run.resume_checkpoint() is not None:
