@@ -174,9 +174,16 @@ def test_backbone_lr_scale_gives_pretrained_layers_a_lower_rate():
     optimizer = ImageClassifier(SmallNet(), backbone_lr_scale=0.1).configure_optimizers()[
         "optimizer"
     ]
-    head, rest = optimizer.param_groups
-    assert head["lr"] == pytest.approx(1e-2) and rest["lr"] == pytest.approx(1e-3)
-    assert len(head["params"]) == 2 and len(rest["params"]) == 6
+    by_name = {group["name"]: group for group in optimizer.param_groups}
+    assert sorted(by_name) == sorted(
+        ["head.weights", "head.biases_norms", "backbone.weights", "backbone.biases_norms"]
+    )
+    assert {by_name[f"head.{kind}"]["lr"] for kind in ("weights", "biases_norms")} == {1e-2}
+    rest = [by_name[f"backbone.{kind}"] for kind in ("weights", "biases_norms")]
+    assert [group["lr"] for group in rest] == pytest.approx([1e-3, 1e-3])
+    head = [g for g in optimizer.param_groups if g["name"].startswith("head")]
+    assert sum(len(group["params"]) for group in head) == 2
+    assert sum(len(group["params"]) for group in rest) == 6
 
 
 def test_compile_and_channels_last_keep_checkpoint_keys():

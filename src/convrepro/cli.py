@@ -54,7 +54,8 @@ from convrepro.runs.console import (
     silence_known_noise,
 )
 from convrepro.runs.files import DuplicateKeyError, check_unique_keys
-from convrepro.runs.folder import DiscardUnstartedRun, RunFolder, RunOptions, resolve_run
+from convrepro.runs.folder import DiscardUnstartedRun, RunFolder
+from convrepro.runs.identity import RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
 from convrepro.runs.records import PredictionWriter, RunProvenance, RunSummary
 from convrepro.runs.tracking import RunConfigSaver, RunCSVLogger, wandb_offline_reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -64,7 +65,13 @@ class PaperLRN(nn.Module):
                 f"got {channels}"
             )
         band = _channel_band(channels, self.size, self.groups, x.device)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device = x.device.type
+        # ("meta" tensors, for model statistics, have no autocast to switch off.)
+        with (
+            torch.autocast(device_type=device, enabled=False)
+            if torch.amp.is_autocast_available(device)
+            else contextlib.nullcontext()
+        ):
             out = _CrossChannelLRN.apply(x.float(), band, self.alpha, self.beta, self.k)
         return out.to(x.dtype)
 
