@@ -10,6 +10,8 @@
    that the ratio is the cost of LRN alone.
 3. Before/after: VGG A-LRN (32 px, batch 64) and the paper's AlexNet (227 px, batch 16), one SGD
    step each with our LRN and with torch's in its place.
+4. The conv-local network (``configs/conv_local_cifar.yaml``) trained by Lightning against a plain
+   PyTorch loop on the same data: ``throughput.py --only training`` for that config.
 
 Each time is the median of ``--repeats`` timed runs after warm-up, in this process, with
 ``--threads`` torch threads. Writes ``<out>/lrn_<device>.json`` and ``.md``.
@@ -29,11 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from common import device, device_name, synchronize
+from throughput import main as throughput_main
 from torch import nn
 
 from convrepro.models import VGG, AlexNet, ConvLocalNet, PaperLRN
 
 LRN_SHAPE = (128, 64, 24, 24)
+CONV_LOCAL_CONFIG = "configs/conv_local_cifar.yaml"
 
 
 class TorchLRN(nn.Module):
@@ -180,6 +184,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"({net['no_lrn_arm_img_per_s']:.0f} img/s): {net['lrn_arm_over_no_lrn_arm']:.2f}x; "
         f"LRN alone (11pct at the 13pct width) {net['lrn_only_over_no_lrn_arm']:.2f}x.",
     ]
+    if "lightning_over_plain" in report:
+        lines.append(
+            f"conv-local 11pct trained by Lightning: {report['lightning_over_plain']:.2f}x the "
+            "images/s of a plain PyTorch loop on the same data (`throughput.py`, batch 128)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, help="torch threads; default: torch's default")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--no-lightning", action="store_true", help="skip part 4 (Lightning vs a plain loop)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,6 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "network": network_times(args.repeats),
         "before_after": before_after(max(3, args.repeats // 3)),
     }
+    if not args.no_lightning:
+        timing = ["--steps", "10", "--windows", "3", "--warmup", "3"]
+        throughput = throughput_main(
+            ["--config", CONV_LOCAL_CONFIG, "--only", "training", "--out", str(args.out), *timing]
+        )
+        report["lightning_over_plain"] = throughput["ratios"]["lightning/plain"]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"lrn_{on.type}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -164,3 +164,17 @@ def test_gpu_check_runs_in_cpu_mode(tmp_path, scripts_importable):
     gpu_tests = checks["gpu_tests"]
     assert gpu_tests["tests"] >= 4 and gpu_tests["skipped"] == gpu_tests["tests"]  # no CUDA
     assert (tmp_path / "gpu_check_cpu.md").read_text().startswith("# GPU check (cpu mode)")
+
+
+@pytest.mark.scripts
+@pytest.mark.slow  # AlexNet at 227 px dominates: ~1 minute on 2 cores
+def test_lrn_benchmark_reports_the_ratios(tmp_path, scripts_importable):
+    import lrn
+
+    report = lrn.main(["--repeats=1", "--no-lightning", f"--out={tmp_path}"])
+    assert report["op"]["max_abs_difference"] < 1e-4
+    assert report["op"]["speed_up"] > 1 and report["network"]["lrn_arm_over_no_lrn_arm"] > 0
+    assert set(report["before_after"]) == {"VGG A-LRN", "AlexNet (paper)"}
+    saved = json.loads((tmp_path / "lrn_cpu.json").read_text())
+    assert saved["op"] == report["op"]
+    assert (tmp_path / "lrn_cpu.md").read_text().startswith("LRN benchmark on ")
