@@ -272,6 +272,7 @@ def test_later_commands_add_to_the_records_and_never_falsify_them(workdir):
     run = RunFolder(run_dir)
     cli("test", *TINY_ARGS, "--ckpt_path=best")
     tested = run.read_summary()
+    assert tested.test_checkpoint_step == tested.global_step  # which weights, not only which file
     # validate is no epoch of the fit: history.csv keeps the fit's one row.
     cli("validate", *TINY_ARGS, "--ckpt_path=best")
     assert len(run.read_history()) == 1

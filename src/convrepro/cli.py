@@ -217,8 +217,14 @@ class ConvReproCLI(LightningCLI):
         invocation = new_invocation(
             "resume" if resume else self.subcommand, self._command, self._started
         )
-        invocation.checkpoint, invocation.changed_settings = config.ckpt_path, self._changed
-        callbacks = [DiscardUnstartedRun(run.path), RunSummary(run), RunProvenance(run, invocation)]
+        step = self._checkpoint.global_step if self._checkpoint is not None else None
+        invocation.checkpoint, invocation.checkpoint_step = config.ckpt_path, step
+        invocation.changed_settings = self._changed
+        callbacks = [
+            DiscardUnstartedRun(run.path),
+            RunSummary(run, checkpoint_step=step),
+            RunProvenance(run, invocation),
+        ]
         callbacks.append(RunConsole(run))
         if self.subcommand == "fit":
             callbacks += _training_safety_callbacks(trainer, run, config.run)

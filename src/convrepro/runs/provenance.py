@@ -92,6 +92,8 @@ class Invocation:
         ended: When it ended; ``None`` if it is running or was killed.
         outcome: ``finished``, ``stopped by SIGTERM``, ``diverged``, ``failed: <error>``.
         checkpoint: The checkpoint it started from (``--ckpt_path``), if any.
+        checkpoint_step: That checkpoint's optimiser step: which weights, not only which file
+            (``best.ckpt`` is rewritten while a run trains).
         changed_settings: For a resume, the settings it changed: ``{key: [old, new]}``.
         code: :class:`CodeVersion`.
         software: Versions of python, torch, torchvision, lightning, CUDA and cuDNN.
@@ -107,6 +109,7 @@ class Invocation:
     ended: str | None = None
     outcome: str | None = None
     checkpoint: str | None = None
+    checkpoint_step: int | None = None
     changed_settings: dict[str, list[Any]] = field(default_factory=dict)
     code: CodeVersion = field(default_factory=CodeVersion)
     software: dict[str, str | None] = field(default_factory=dict)

@@ -52,8 +52,9 @@ class RunSummary(Callback):
     after ``test``, the test metrics: everything the ablation runner and a report need.
     """
 
-    def __init__(self, run: RunFolder) -> None:
+    def __init__(self, run: RunFolder, checkpoint_step: int | None = None) -> None:
         self.run = run
+        self.checkpoint_step = checkpoint_step  # of the command's --ckpt_path, if any
         self._fit_started = 0.0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -95,6 +96,7 @@ class RunSummary(Callback):
             summary = self.run.read_summary()
             summary.test.update(_scalar_metrics(trainer, (metrics.TEST_PREFIX,)))
             summary.test_checkpoint = _absolute(trainer.ckpt_path) if trainer.ckpt_path else None
+            summary.test_checkpoint_step = self.checkpoint_step if trainer.ckpt_path else None
             self.run.write_summary(summary)
 
 
@@ -102,9 +104,14 @@ def _retire_test_result(summary: Summary) -> None:
     """The run trained on after its test: the result is of weights its checkpoints no longer
     hold. It moves to ``earlier_tests`` and the run counts as untested again."""
     summary.earlier_tests.append(
-        {"checkpoint": summary.test_checkpoint, "global_step": summary.global_step, **summary.test}
+        {
+            "checkpoint": summary.test_checkpoint,
+            "checkpoint_step": summary.test_checkpoint_step,
+            "global_step": summary.global_step,
+            **summary.test,
+        }
     )
-    summary.test, summary.test_checkpoint = {}, None
+    summary.test, summary.test_checkpoint, summary.test_checkpoint_step = {}, None, None
     rank_zero_info(
         "The run trained on after its last test: that test result is now under earlier_tests "
         "in summary.json. Test again for a result of the new weights."

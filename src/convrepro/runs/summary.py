@@ -30,6 +30,8 @@ class Summary:
             ``test`` ran.
         test_checkpoint: The checkpoint ``test`` scored, so that a result says which weights
             it is of (``best.ckpt``, or one asked for explicitly).
+        test_checkpoint_step: That checkpoint's optimiser step (which weights, not only which
+            file).
         earlier_tests: Test results that a later ``fit`` made out of date (its checkpoints
             replaced the weights they were of), each with its checkpoint and the optimiser step
             the run had reached: kept, never erased, but no longer the run's result.
@@ -43,6 +45,7 @@ class Summary:
     fit_seconds: float | None = None
     test: dict[str, float] = field(default_factory=dict)
     test_checkpoint: str | None = None
+    test_checkpoint_step: int | None = None
     earlier_tests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
