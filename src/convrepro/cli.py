@@ -121,9 +121,7 @@ def _one_line(message: str) -> str:
 
 
 def _yaml_with_unique_keys(stream: str) -> Any:
-    """jsonargparse's YAML loading (config files and command-line values), refusing a key
-    written twice: YAML would silently keep the last, so a config could train something else
-    than it reads as."""
+    """jsonargparse's YAML loading (configs, command-line values), refusing a key written twice."""
     try:
         check_unique_keys(stream)
     except DuplicateKeyError as error:
@@ -220,11 +218,8 @@ class ConvReproCLI(LightningCLI):
         step = self._checkpoint.global_step if self._checkpoint is not None else None
         invocation.checkpoint, invocation.checkpoint_step = config.ckpt_path, step
         invocation.changed_settings = self._changed
-        callbacks = [
-            DiscardUnstartedRun(run.path),
-            RunSummary(run, checkpoint_step=step),
-            RunProvenance(run, invocation),
-        ]
+        callbacks = [DiscardUnstartedRun(run.path), RunSummary(run, step)]
+        callbacks.append(RunProvenance(run, invocation))
         callbacks.append(RunConsole(run))
         if self.subcommand == "fit":
             callbacks += _training_safety_callbacks(trainer, run, config.run)
