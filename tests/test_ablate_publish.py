@@ -9,7 +9,7 @@ from convrepro.ablate import stats
 from convrepro.ablate.__main__ import main
 from convrepro.ablate.publish import BEGIN, END, RUN_RECORDS, publish, update_readme
 from convrepro.ablate.results import read_results_csv
-from convrepro.runs.provenance import CodeVersion, Invocation, write_provenance
+from convrepro.runs.provenance import CodeVersion, Invocation, run_data_label, write_provenance
 from convrepro.testing import write_made_up_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,8 @@ def grid_with_records(out: Path):
                 "datamodule": "CIFAR10DataModule",
                 "data_dir": "/d",
                 "published": False,
-                "fingerprint": "f" * 64,
+                "files": {"train/": "f" * 64},
+                "fingerprint": "e" * 64,
                 "val_size": 100,
             },
         )
@@ -93,6 +94,10 @@ def test_readme_section_is_what_the_records_say(tmp_path):
     welch = stats.welch_test(errors, baseline)
     assert f"Δ {welch.difference:+.2f} points" in text and "exact permutation" in text
     assert "commit `abc123`" in text and "15 epochs per run" in text
+    # The README names the data by the fingerprint the grid's own summary.md shows.
+    label = run_data_label([{"files": {"train/": "f" * 64}}])
+    assert f"fingerprint `{label}`" in text
+    assert f"data fingerprint: {label}." in (results / spec.name / "summary.md").read_text()
     assert f"results/{spec.name}/test_acc.png" in text.replace(str(tmp_path) + "/", "")
 
     # A figure typed over by hand is found.

@@ -39,6 +39,7 @@ from convrepro.ablate.results import RESULTS_FILE, RunResult, read_results_csv, 
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, format_cli_value, load_spec
 from convrepro.errors import AblationError
 from convrepro.runs.folder import RunFolder
+from convrepro.runs.provenance import run_data_label
 
 #: What ``publish`` copies of each run folder, when it exists.
 RUN_RECORDS = ("config.yaml", "provenance.json", "summary.json", "history.csv", "log.txt")
@@ -219,7 +220,9 @@ def _provenance(records: list[dict[str, Any]]) -> list[str]:
     fits = [record["fit"] for record in records]
     commits = sorted({fit["code"]["git_commit"] or "unknown" for fit in fits})
     dirty = any(fit["code"]["git_dirty"] for fit in fits)
-    fingerprints = sorted({fit["data"].get("fingerprint") or "none" for fit in fits})
+    fingerprints = sorted(
+        {run_data_label(item["data"] for item in record["invocations"]) for record in records}
+    )
     devices = sorted({", ".join(fit["devices"]["names"]) for fit in fits})
     software = fits[0]["software"]
     data = fits[0]["data"]
@@ -230,7 +233,7 @@ def _provenance(records: list[dict[str, Any]]) -> list[str]:
         f"{'; '.join(devices)}.",
         "",
         f"Data: `{data['datamodule']}` from `{data.get('data_dir')}` ({origin}), fingerprint "
-        f"`{', '.join(f[:12] for f in fingerprints)}`, validation hold-out "
+        f"`{', '.join(fingerprints)}` (training and test files), validation hold-out "
         f"{data.get('val_size')} images.",
         "",
     ]

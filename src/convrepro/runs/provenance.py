@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,11 +313,7 @@ def compare_provenance(runs: Sequence[RunFolder]) -> list[str]:
         invocations = read_provenance(run)
         labels = list(dict.fromkeys(i.code.label for i in invocations))
         code[run.id] = " then ".join(labels) + (CHANGED if len(labels) > 1 else "") or UNRECORDED
-        # Each command reads the splits it needs (fit: train/val, test: test): a run's data is
-        # the files all its commands read. A file read with two checksums changed in between.
-        read = {(name, md5) for i in invocations for name, md5 in i.data.get("files", {}).items()}
-        changed = len({name for name, _ in read}) < len(read)
-        data[run.id] = _short(sorted(read)) + (CHANGED if changed else "") if read else UNRECORDED
+        data[run.id] = run_data_label([i.data for i in invocations])
     common_code, common_data = _most_common(code), _most_common(data)
     if common_code == UNRECORDED:
         return ["## Provenance", "", f"- None of the {len(runs)} runs recorded its provenance."]
@@ -335,6 +331,19 @@ def compare_provenance(runs: Sequence[RunFolder]) -> list[str]:
             for run in odd
         ]
     return lines
+
+
+def run_data_label(data: Iterable[Mapping[str, Any]]) -> str:
+    """A short fingerprint of the files all of one run's commands read, from their records' data.
+
+    Each command reads the splits it needs (fit: train/val, test: test), so a run's data is the
+    union; a file read with two checksums changed in between and is marked so.
+    """
+    read = {(name, md5) for record in data for name, md5 in record.get("files", {}).items()}
+    if not read:
+        return UNRECORDED
+    changed = len({name for name, _ in read}) < len(read)
+    return _short(sorted(read)) + (CHANGED if changed else "")
 
 
 def _short(value: Any) -> str:
