@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from convrepro.data.cifar import CUDA_CONVNET_CROP
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -44,6 +46,9 @@ class Spec:
 
     @property
     def image_size(self) -> int:
+        """The side of the network's input as the config's data protocol makes it."""
+        if self.data_args.get("preprocessing") == "cuda-convnet":
+            return CUDA_CONVNET_CROP
         return self.data_args.get("resize") or 32
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from convrepro.data import CIFAR10DataModule
@@ -109,6 +110,20 @@ def test_throughput_benchmark_writes_sane_reports(tmp_path, scripts_importable, 
     for title in ("(a) plain loader, image folder", "(b) ImageFolderDataModule"):
         assert table.count(title) == 1
     assert capsys.readouterr().out.endswith(table)  # and printed
+
+
+def test_flops_are_counted_at_the_input_size_of_the_configs_protocol(scripts_importable):
+    """The conv-local config's network takes cuda-convnet's 24x24 crops, not 32x32 images."""
+    import throughput
+    from common import Spec
+
+    config = yaml.safe_load((ROOT / "configs" / "conv_local_cifar.yaml").read_text())
+    spec = Spec(config, "unused", True, "unused", 8, 0, 1, 1, 1, 1, 0.1)
+    assert spec.image_size == 24
+    model = throughput.build_backbone(spec)
+    with FlopCounterMode(display=False) as forward:
+        model(torch.zeros(1, 3, 24, 24))
+    assert 2.5 < throughput.flops_per_image(spec) / forward.get_total_flops() < 3.5
 
 
 @pytest.mark.scripts
