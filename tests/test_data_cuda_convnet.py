@@ -204,3 +204,14 @@ def test_device_resident_batches_equal_the_per_sample_path(pickles):
         assert torch.equal(labels, device_labels)
     train_images, _ = next(iter(on_device.train_dataloader()))
     assert train_images.shape == (10, 3, 24, 24)
+
+
+def test_folders_are_never_downloaded_nor_read_before_setup(folders, monkeypatch):
+    """The CLI passes ``download: true`` (the signature's default); with folders, prepare_data
+    must neither try to download nor decode every training image as a check."""
+    dm = datamodule(folders, source="folders", download=True, preprocessing="standard")
+    assert dm.download is False
+    shutil.rmtree(Path(folders) / "train")
+    dm.prepare_data()  # nothing to fetch, nothing to read
+    dm.setup("test")
+    assert len(dm.splits["test"]) == 20

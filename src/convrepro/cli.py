@@ -35,8 +35,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from convrepro.data import BaseImageDataModule
+from convrepro.data.trained_inputs import apply_trained_inputs, restore_fitted_inputs
 from convrepro.errors import DEBUG_ENV, ConfigError, UserError
-from convrepro.models.weights import describe_mismatch, network_state_dict
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -45,7 +45,11 @@ from convrepro.reliability import (
     PreemptionCheckpoint,
     RunCheckpoint,
 )
-from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
+from convrepro.reliability.checkpoint_io import (
+    CheckpointFile,
+    check_checkpoint_fits,
+    read_checkpoint,
+)
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
 from convrepro.runs.console import (
     RunConsole,
@@ -197,6 +201,12 @@ class ConvReproCLI(LightningCLI):
                 for key, (old, new) in self._changed.items():
                     rank_zero_info(f"Resuming with {key} changed from {old} to {new}")
         super()._parse_ckpt_path()
+        if subcommand and subcommand != "fit" and self._checkpoint is not None:
+            data = self.config[subcommand].data
+            for line in apply_trained_inputs(
+                _class_of(data), data.init_args, self._checkpoint.content
+            ):
+                rank_zero_info(line)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand != "fit":
@@ -251,7 +261,9 @@ class ConvReproCLI(LightningCLI):
     def before_fit(self) -> None:
         """Refuse a checkpoint of another architecture before anything starts."""
         if self._checkpoint is not None:
-            _check_checkpoint_fits(self.model, self._checkpoint)
+            check_checkpoint_fits(self.model, self._checkpoint)
+            if self.subcommand != "fit":
+                restore_fitted_inputs(self.datamodule, self._checkpoint.content)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
@@ -320,18 +332,6 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     if not any(_is_a(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(Namespace(class_path=f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"))
     return plugins
-
-
-def _check_checkpoint_fits(model: ImageClassifier, checkpoint: CheckpointFile) -> None:
-    """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights."""
-    expected = model.backbone.state_dict()
-    problems = describe_mismatch(expected, network_state_dict(checkpoint.weights, expected))
-    if problems:
-        raise ConfigError(
-            f"--ckpt_path {checkpoint.path} was saved from another model than the config builds "
-            f"({type(model.backbone).__name__}). {problems} Use the config the checkpoint was "
-            "trained with (its run folder holds config.yaml)."
-        )
 
 
 def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> list[Namespace]:

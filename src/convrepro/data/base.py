@@ -19,7 +19,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
@@ -92,6 +92,10 @@ class BaseImageDataModule(LightningDataModule, ABC):
     After :meth:`setup`, ``splits[name]`` is the :class:`SplitView` of each built split and
     ``train_sampler`` the (resumable) training sampler.
     """
+
+    #: The ``__init__`` settings that decide what the network's input looks like (size, crop,
+    #: preprocessing): ``test`` and ``predict`` of a trained model take them from its checkpoint.
+    input_protocol: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

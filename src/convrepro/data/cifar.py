@@ -88,6 +88,7 @@ class CIFAR10DataModule(ArchiveDataModule):
     folder = CIFAR10.base_folder
     url = CIFAR10.url
     image_size = 32
+    input_protocol = ("preprocessing", "resize")
 
     def __init__(
         self,
@@ -122,7 +123,9 @@ class CIFAR10DataModule(ArchiveDataModule):
                 f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
             )
         if source == "folders":
-            kwargs.setdefault("download", False)
+            # Folders are read, never downloaded; the CLI passes download's default (true), so
+            # a default here would not hold, and prepare_data would decode train/ as a check.
+            kwargs["download"] = False
         super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
         self.source = source
         self.preprocessing = preprocessing
@@ -180,6 +183,16 @@ class CIFAR10DataModule(ArchiveDataModule):
         return image_pipeline(
             steps, PIXEL_SCALE, colour_steps=[SubtractMeanImage(self._mean_image)]
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """cuda-convnet's mean image, saved in the checkpoints: the model's input protocol, so
+        that it tests and predicts without its training images
+        (:mod:`convrepro.data.trained_inputs`)."""
+        return {} if self._mean_image is None else {"mean_image": self._mean_image}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "mean_image" in state_dict:
+            self._mean_image = state_dict["mean_image"]
 
     def _resize(self) -> list[v2.Transform]:
         return [v2.Resize((self.resize, self.resize))] if self.resize else []

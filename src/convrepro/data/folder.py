@@ -28,13 +28,13 @@ class ImageFolderDataModule(BaseImageDataModule):
         <data_dir>/test/<class>/<image files>
         <data_dir>/val/<class>/<image files>     (optional)
 
-    Classes are the sorted folder names of ``train/``; ``test/`` and ``val/`` must have the
-    same ones. Without ``val/``, ``val_size`` of the training images are held out. ImageNet-style
-    data (``train/`` and ``val/`` only, the test labels being private) is read with
-    ``test_split="val"``: ``val/`` is then the test split, as in the papers' tables, and
-    validation is held out from ``train/``. Files with
-    torchvision's image extensions (jpg, jpeg, png, ppm, bmp, pgm, tif, tiff, webp) of any mode
-    and size are read as RGB.
+    Classes are the sorted folder names of ``train/`` (or ``class_names``); ``test/`` and
+    ``val/`` must have the same ones. Without ``val/``, ``val_size`` of the training images are
+    held out. ImageNet-style data (``train/`` and ``val/`` only, the test labels being private)
+    is read with ``test_split="val"``: ``val/`` is then the test split, as in the papers'
+    tables, and validation is held out from ``train/``. Files with torchvision's image
+    extensions (jpg, jpeg, png, ppm, bmp, pgm, tif, tiff, webp) of any mode and size are read
+    as RGB.
 
     Before a split is used, every file is decoded once to find unreadable ones (empty,
     truncated, not really an image), so training never crashes mid-epoch on a bad file.
@@ -72,9 +72,15 @@ class ImageFolderDataModule(BaseImageDataModule):
             one image per device: ``data.batch_size`` = number of devices when testing.
         on_bad_image: ``"skip"`` leaves unreadable files out with one warning listing them;
             ``"error"`` stops with one error listing them.
+        class_names: The classes in label order; ``None``: the class folders of ``train/``.
+            A trained model's ``test`` and ``predict`` take them from its checkpoint
+            (:mod:`convrepro.data.trained_inputs`), so they need no ``train/`` folder; where
+            ``train/`` exists it must hold exactly these classes.
         **kwargs: Everything else of :class:`~convrepro.data.base.BaseImageDataModule`
             (batch size, workers, seed, ...).
     """
+
+    input_protocol = ("image_size", "resize_size")
 
     def __init__(
         self,
@@ -88,6 +94,7 @@ class ImageFolderDataModule(BaseImageDataModule):
         test_scale: int | None = None,
         test_whole_image: bool = False,
         on_bad_image: Literal["skip", "error"] = "skip",
+        class_names: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if image_size < 1:
@@ -124,11 +131,12 @@ class ImageFolderDataModule(BaseImageDataModule):
         self.test_whole_image = test_whole_image
         self.on_bad_image = on_bad_image
         self.test_split = test_split
-        self._class_names = self._discover_classes()
+        self._classes_given = class_names is not None
+        self._class_names = self._discover_classes(class_names)
 
     @property
     def class_names(self) -> list[str]:
-        """Sorted class folder names of ``train/``."""
+        """The classes in label order: the sorted class folder names of ``train/``."""
         return list(self._class_names)
 
     def train_transform(self) -> v2.Compose:
@@ -169,32 +177,45 @@ class ImageFolderDataModule(BaseImageDataModule):
         assert isinstance(source, ImageFiles)
         return Path(os.path.relpath(source.samples[index][0], self.data_dir)).as_posix()
 
-    def _discover_classes(self) -> list[str]:
+    def _discover_classes(self, given: list[str] | None) -> list[str]:
         root = Path(self.data_dir)
-        if not (root / "train").is_dir():
-            missing = f"{root}/" if not root.is_dir() else f"{root / 'train'}/"
+        train = root / "train"
+        if given is not None:
+            # A trained model's own classes: test and predict need no train/ (fit checks it).
+            if len(set(given)) != len(given) or len(given) < 2:
+                raise ConfigError(f"data.class_names must name two or more classes once: {given}")
+            classes = list(given)
+        elif not train.is_dir():
+            missing = f"{root}/" if not root.is_dir() else f"{train}/"
             raise MissingFileError(f"no image folder at {missing}. {self._layout()}")
-        classes = _class_folders(root / "train")
-        if len(classes) < 2:
-            found = f"only one, {classes[0]}/" if classes else "none"
-            raise ConfigError(
-                f"{root / 'train'} needs a folder per class, at least two ({found}): put each "
-                f"class's images in a folder of its own, {root / 'train'}/<class>/<images>."
-            )
-        for folder in (self._folder("val"), self._folder("test")):
-            if folder is None or not folder.is_dir():
-                continue
-            other = folder.name
-            other_classes = _class_folders(folder)
-            only_train = sorted(set(classes) - set(other_classes))
-            only_other = sorted(set(other_classes) - set(classes))
-            if only_train or only_other:
+        else:
+            classes = _class_folders(train)
+            if len(classes) < 2:
+                found = f"only one, {classes[0]}/" if classes else "none"
                 raise ConfigError(
-                    f"the class folders of {root / 'train'} and {folder} differ: only in "
-                    f"train: {only_train or 'none'}; only in {other}: {only_other or 'none'}. "
-                    "Give both the same class folders."
+                    f"{train} needs a folder per class, at least two ({found}): put each "
+                    f"class's images in a folder of its own, {train}/<class>/<images>."
                 )
+        for folder in (self._folder("val"), self._folder("test")):
+            if folder is not None and folder.is_dir():
+                self._check_classes(folder, classes, given is not None)
         return classes
+
+    def _check_classes(self, folder: Path, classes: list[str], given: bool) -> None:
+        """Refuse a split folder whose class folders are not ``classes``."""
+        ours = "data.class_names" if given else "train"
+        reference = (
+            "the model's classes" if given else f"the class folders of {folder.parent}/train"
+        )
+        found = _class_folders(folder)
+        only_ours = sorted(set(classes) - set(found))
+        only_other = sorted(set(found) - set(classes))
+        if only_ours or only_other:
+            raise ConfigError(
+                f"{reference} and the class folders of {folder} differ: only in {ours}: "
+                f"{only_ours or 'none'}; only in {folder.name}: {only_other or 'none'}. "
+                "Give both the same classes."
+            )
 
     def _folder(self, name: SourceName) -> Path | None:
         """Where source ``name`` lives; no separate validation folder if it is the test split."""
@@ -221,6 +242,8 @@ class ImageFolderDataModule(BaseImageDataModule):
             return None
         if not folder.is_dir():
             raise MissingFileError(f"no {folder.name}/ folder in {self.data_dir}. {self._layout()}")
+        if name == "train" and self._classes_given:
+            self._check_classes(folder, self._class_names, given=True)
         class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
         samples = make_dataset(
             str(folder), class_to_idx, is_valid_file=_visible_image(folder), allow_empty=True

@@ -18,7 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from convrepro.errors import ConfigError, UserError
-from convrepro.models.weights import load_state_dict_file
+from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
 from convrepro.runs.files import write_atomic
 
 PREDECESSOR_SUFFIX = ".previous"
@@ -126,6 +126,19 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> Checkpoin
             f"and leave out {setting}."
         )
     return CheckpointFile(Path(path), dict(content), weights)
+
+
+def check_checkpoint_fits(model: LightningModule, checkpoint: CheckpointFile) -> None:
+    """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights than
+    ``model.backbone`` (an ``ImageClassifier``'s network)."""
+    expected = model.backbone.state_dict()
+    problems = describe_mismatch(expected, network_state_dict(checkpoint.weights, expected))
+    if problems:
+        raise ConfigError(
+            f"--ckpt_path {checkpoint.path} was saved from another model than the config builds "
+            f"({type(model.backbone).__name__}). {problems} Use the config the checkpoint was "
+            "trained with (its run folder holds config.yaml)."
+        )
 
 
 class RunCheckpoint(ModelCheckpoint):
