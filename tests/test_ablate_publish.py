@@ -88,6 +88,8 @@ def test_readme_section_is_what_the_records_say(tmp_path):
         summary = stats.summarize(errors)
         assert f"| {arm} | {summary.n} | {summary.mean:.2f} ± {summary.std:.2f} |" in text
         assert f"[{summary.ci_low:.2f}, {summary.ci_high:.2f}]" in text
+        low, high = summary.prediction_interval()
+        assert f"[{summary.ci_low:.2f}, {summary.ci_high:.2f}] | [{low:.2f}, {high:.2f}] |" in text
     baseline = [100 - 100 * r.test_acc for r in rows if r.arm == spec.baseline]
     other = next(arm for arm in spec.arms if arm != spec.baseline)
     errors = [100 - 100 * r.test_acc for r in rows if r.arm == other]

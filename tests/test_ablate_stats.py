@@ -30,6 +30,24 @@ def test_summary_is_mean_sample_std_and_t_interval():
     assert (summary.ci_low, summary.ci_high) == pytest.approx((low, high))
 
 
+def test_prediction_interval_is_where_one_more_run_lands():
+    summary = stats.summarize(A)
+    # One new value x: (x - mean) / (s sqrt(1 + 1/n)) follows t with n - 1 df.
+    scale = np.std(A, ddof=1) * math.sqrt(1 + 1 / len(A))
+    low, high = scipy_stats.t.interval(0.95, len(A) - 1, loc=np.mean(A), scale=scale)
+    assert summary.prediction_interval() == pytest.approx((low, high))
+    assert high - low > summary.ci_high - summary.ci_low  # wider than the mean's
+    # Simulated: about 95% of new normal runs fall inside, over many small grids.
+    rng = np.random.default_rng(0)
+    inside = []
+    for _ in range(4000):
+        runs = rng.normal(size=6)
+        low, high = stats.summarize(runs[:5]).prediction_interval()
+        inside.append(low <= runs[5] <= high)
+    assert np.mean(inside) == pytest.approx(0.95, abs=0.015)
+    assert all(math.isnan(v) for v in stats.summarize([1.0]).prediction_interval())
+
+
 def test_welch_matches_scipy():
     result = stats.welch_test(A, B)
     reference = scipy_stats.ttest_ind(A, B, equal_var=False)

@@ -123,7 +123,9 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
     lines = [
         f"### `{spec.name}`: {len(results)} runs ({len(spec.arms)} arms x {len(spec.seeds)} seeds)",
         "",
-        "Test error (%): mean ± sample std over seeds, [95% t-interval of the mean]"
+        "Test error (%): mean ± sample std over seeds; 95% CI: the t-interval of the mean; "
+        "one run: the 95% prediction interval of one more run, where a rerun of one seed "
+        "should land"
         + (
             "; multiview: the test protocol's views averaged, centre: its centre crop alone."
             if has_centre
@@ -131,18 +133,18 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
         ),
         "",
     ]
-    header = "| arm | runs | test error | 95% CI |"
-    rule = "| --- | ---: | ---: | ---: |"
+    columns = ["test error", "95% CI", "one run"]
     if has_centre:
-        header = "| arm | runs | multiview error | 95% CI | centre-crop error | 95% CI |"
-        rule = "| --- | ---: | ---: | ---: | ---: | ---: |"
-    lines += [header + " published |", rule + " --- |"]
+        columns = ["multiview error", "95% CI", "one run", "centre-crop error", "95% CI", "one run"]
+    lines += [
+        "| arm | runs | " + " | ".join(columns) + " | published |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " | --- |",
+    ]
     for arm in spec.arms:
         summary = stats.summarize(list(errors[arm].values()))
-        cells = [arm, str(summary.n), _mean_std(summary), _ci(summary)]
+        cells = [arm, str(summary.n), *_spread(summary)]
         if has_centre:
-            centre_summary = stats.summarize(list(centre[arm].values()))
-            cells += [_mean_std(centre_summary), _ci(centre_summary)]
+            cells += _spread(stats.summarize(list(centre[arm].values())))
         paper = "; ".join(
             f"{p.top1:g}% ({p.model}, {p.dataset})" for p in published_for(spec.name, arm)
         )
@@ -165,6 +167,13 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _spread(summary: stats.ArmSummary) -> list[str]:
+    """Mean ± std, the interval of the mean, the prediction interval of one more run."""
+    low, high = summary.prediction_interval()
+    one_run = "n/a" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+    return [_mean_std(summary), _ci(summary), one_run]
 
 
 def _errors_by_arm(

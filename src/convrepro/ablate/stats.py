@@ -1,6 +1,8 @@
 """Statistics for arms trained with a few seeds each.
 
-Per arm: mean, sample standard deviation (ddof=1) and the t-interval of the mean. Between an arm
+Per arm: mean, sample standard deviation (ddof=1), the t-interval of the mean and the prediction
+interval of one more run (where a rerun of one seed should land: wider than the interval of the
+mean by sqrt(n + 1), as one run scatters as much as any seed did). Between an arm
 and the baseline, three tests of "same mean", each two-sided:
 
 * Welch's t-test (unequal variances, Welch-Satterthwaite degrees of freedom), with the confidence
@@ -42,6 +44,14 @@ class ArmSummary:
     ci_low: float
     ci_high: float
     note: str = ""
+
+    def prediction_interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
+        """Where one more run of this arm falls with probability ``confidence`` (normal runs):
+        mean ± t(n-1) · std · sqrt(1 + 1/n). NaN with fewer than two runs."""
+        if self.n < 2 or math.isnan(self.std):
+            return NAN, NAN
+        half = _t_quantile(confidence, self.n - 1) * self.std * math.sqrt(1 + 1 / self.n)
+        return self.mean - half, self.mean + half
 
 
 @dataclass(frozen=True)
