@@ -129,15 +129,36 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> Checkpoin
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that saves nothing in a ``fast_dev_run``, as Lightning documents.
+    """ModelCheckpoint that saves nothing in a ``fast_dev_run``, as Lightning documents, and
+    writes ``last.ckpt`` at the end of every epoch.
 
     Lightning 2.6's ``on_train_end`` writes ``last.ckpt`` without asking whether saving is
-    switched off: a one-step smoke test of a VGG-16 config wrote 1 GB, twice.
+    switched off: a one-step smoke test of a VGG-16 config wrote 1 GB, twice. And it writes
+    ``last.ckpt`` at a validation only if a top-k checkpoint was saved there too: after an epoch
+    that did not improve the monitored metric, ``last.ckpt`` kept an older step (the periodic
+    save's), so a finished run's ``last.ckpt`` missed its last epoch, and a resume redid it.
     """
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, at_epoch_end=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, at_epoch_end=False)
+
+    def _save_last_if_missed(self, trainer: Trainer, at_epoch_end: bool) -> None:
+        # Where Lightning would have saved (the end of the epoch, or of a validation within it).
+        if (
+            self.save_last is True
+            and self._should_save_on_train_epoch_end(trainer) == at_epoch_end
+            and not self._should_skip_saving_checkpoint(trainer)  # saved at this step already
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class PeriodicCheckpoint(RunCheckpoint):
@@ -167,3 +188,6 @@ class PeriodicCheckpoint(RunCheckpoint):
     ) -> None:
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_last_if_missed(self, trainer: Trainer, at_epoch_end: bool) -> None:
+        pass  # the run's RunCheckpoint writes the epoch-end last.ckpt; a second write is waste
