@@ -8,8 +8,10 @@ or Ctrl+C, exact resume with ``--ckpt_path last``, a stop on a NaN loss).
 
 Exit status of ``main.py``: 0 done; 2 a user error (one ``error:`` line on stderr naming the
 setting and the fix; a command that fails before training leaves no run folder); 3 the loss
-diverged; 130/143 stopped by Ctrl+C/SIGTERM after saving a checkpoint (resume me); anything
-else, with a traceback, is a bug. ``tests/test_user_errors_table.py`` has a row for each case.
+diverged; 4 another process of a multi-process run died or hung (one ``error:`` line; resume
+with ``--ckpt_path last``); 130/143 stopped by Ctrl+C/SIGTERM after saving a checkpoint (resume
+me); anything else, with a traceback, is a bug. ``tests/test_user_errors_table.py`` has a row
+for each case (a lost process: ``tests/test_multinode.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from convrepro.data import BaseImageDataModule
 from convrepro.errors import DEBUG_ENV, ConfigError, UserError
-from convrepro.models.weights import describe_mismatch, network_state_dict
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -46,6 +47,7 @@ from convrepro.reliability import (
     RunCheckpoint,
 )
 from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
+from convrepro.reliability.distributed import announce_world_change, configure_processes, lost_peer
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
 from convrepro.runs.console import (
     RunConsole,
@@ -245,13 +247,17 @@ class ConvReproCLI(LightningCLI):
                 "and trainer.precision against this machine (trainer.accelerator=auto uses what "
                 "it has)."
             ) from error
+        configure_processes(trainer, self.config[self.subcommand].run.process_group_timeout_s)
         prepare_loggers(trainer)  # before the Trainer starts their runs
         return trainer
 
     def before_fit(self) -> None:
-        """Refuse a checkpoint of another architecture before anything starts."""
+        """Refuse a checkpoint of another architecture before anything starts; say what a
+        resume on another number of processes changes."""
         if self._checkpoint is not None:
-            _check_checkpoint_fits(self.model, self._checkpoint)
+            self._checkpoint.check_fits(self.model.backbone)
+            if self.subcommand == "fit":
+                announce_world_change(self._checkpoint, self.trainer, self.datamodule, self.model)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
@@ -322,18 +328,6 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     return plugins
 
 
-def _check_checkpoint_fits(model: ImageClassifier, checkpoint: CheckpointFile) -> None:
-    """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights."""
-    expected = model.backbone.state_dict()
-    problems = describe_mismatch(expected, network_state_dict(checkpoint.weights, expected))
-    if problems:
-        raise ConfigError(
-            f"--ckpt_path {checkpoint.path} was saved from another model than the config builds "
-            f"({type(model.backbone).__name__}). {problems} Use the config the checkpoint was "
-            "trained with (its run folder holds config.yaml)."
-        )
-
-
 def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> list[Namespace]:
     """Point every configured logger at the run folder; W&B goes offline when it must."""
     loggers = trainer.logger
@@ -382,7 +376,7 @@ def main(args: list[str] | None = None) -> None:
         # that did not finish must not look finished to its scheduler.
         sys.exit(stop.code if stop.code is not None else 128 + signal.SIGTERM)
     except Exception as error:
-        user_error = _user_error_in(error)
+        user_error = _user_error_in(error) or lost_peer(error)
         if user_error is None or os.environ.get(DEBUG_ENV):
             raise
         sys.stderr.write(f"error: {user_error}\n")

@@ -15,10 +15,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import Tensor
+from torch import Tensor, nn
 
 from convrepro.errors import ConfigError, UserError
-from convrepro.models.weights import load_state_dict_file
+from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
 from convrepro.runs.files import write_atomic
 
 PREDECESSOR_SUFFIX = ".previous"
@@ -102,6 +102,18 @@ class CheckpointFile:
     @property
     def global_step(self) -> int:
         return int(self.content.get("global_step", 0))
+
+    def check_fits(self, network: nn.Module) -> None:
+        """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights
+        than ``network`` (the backbone the config builds)."""
+        expected = network.state_dict()
+        problems = describe_mismatch(expected, network_state_dict(self.weights, expected))
+        if problems:
+            raise ConfigError(
+                f"--ckpt_path {self.path} was saved from another model than the config builds "
+                f"({type(network).__name__}). {problems} Use the config the checkpoint was "
+                "trained with (its run folder holds config.yaml)."
+            )
 
 
 def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> CheckpointFile:
