@@ -165,7 +165,6 @@ ROWS = [
         3,
         ("error: training diverged", "the last good checkpoint is", "(step 1)"),
         last_good_checkpoint_is_good,
-        launched_by,
     ),
     # 2: later commands add to CSVLogger's metrics.csv.
     Row(
