@@ -319,7 +319,7 @@ def test_ddp_point_as_a_two_node_job_runs_on_both_nodes_and_matches_one_process(
     run = RunFolder(runs[0])
     assert "MEMBER: 2/2" in run.log.read_text()
     config = yaml.safe_load(run.config().read_text())
-    assert (config["trainer"]["num_nodes"], config["trainer"]["devices"]) == (2, 1)
+    assert (config["trainer"]["num_nodes"], str(config["trainer"]["devices"])) == (2, "1")
     fit = read_provenance(run)[0]
     assert (fit.devices["nodes"], fit.devices["world_size"], fit.outcome) == (2, 2, "finished")
     summary = run.read_summary()

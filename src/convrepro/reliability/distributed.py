@@ -35,6 +35,8 @@ DEFAULT_PROCESS_GROUP_TIMEOUT_S = 600
 
 #: Where a checkpoint keeps the layout of the processes that saved it.
 WORLD_KEY = "convrepro_world"
+#: Layers whose statistics depend on how many samples one process sees.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 _CLOSED = re.compile(r"closed by peer|reset by peer|broken pipe|connection refused", re.I)
 _TIMED_OUT = re.compile(r"timed out|timeout", re.I)
@@ -190,7 +192,7 @@ def describe_world_change(
         f" of {batch_size // before}: gradients are averaged over another split of each batch, so"
         " the numbers follow an uninterrupted run to rounding, not bit for bit."
     )
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if any(isinstance(m, BATCH_NORMS) for m in model.modules()):
         text += (
             f" BatchNorm statistics (per process unless trainer.sync_batchnorm) now cover "
             f"{batch_size // after} samples instead of {batch_size // before}."
