@@ -204,6 +204,16 @@ def no_gpu(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(accelerator, "is_available", staticmethod(lambda: False))
 
 
+def launched_by(**variables: str) -> Setup:
+    """This process as one that a launcher (torchrun, srun) started: its variables set."""
+
+    def setup(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+
+    return setup
+
+
 def read_only_root(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = workdir / "readonly"
     folder.mkdir(mode=0o555)

@@ -17,7 +17,12 @@ sys.dont_write_bytecode = False
 #: The files that take longest (minutes, mostly in processes they start). pytest-xdist's
 #: ``--dist loadfile`` hands out files in collection order: these go first, and the short ones
 #: fill the other worker meanwhile and at the end.
-LONGEST_FIRST = ("test_slurm_ablation.py", "test_ablate_resume.py", "test_ddp_reliability.py")
+LONGEST_FIRST = (
+    "test_slurm_ablation.py",
+    "test_multinode.py",
+    "test_ablate_resume.py",
+    "test_ddp_reliability.py",
+)
 
 
 def pytest_collection_modifyitems(items: list) -> None:

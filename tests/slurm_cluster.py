@@ -1,11 +1,16 @@
-"""A real one-node SLURM cluster on this machine, for the tests of the SLURM launcher.
+"""A real SLURM cluster on this machine, for the tests of the SLURM launcher.
 
 Load it with ``pytest_plugins = ["slurm_cluster"]``. The session-scoped ``slurm_cluster`` fixture
-writes a ``slurm.conf`` into a temporary folder (this host as controller and only node, all its
-CPUs, one partition, no accounting, ``proctrack/linuxproc`` and ``task/none`` so that no cgroups
-are needed), starts munged (with a key of its own), slurmctld and slurmd in the foreground as
-children of this process, waits until ``sinfo`` shows the node idle, points ``SLURM_CONF`` at the
-config, and at the end cancels what is left and stops the daemons by pid.
+writes a ``slurm.conf`` into a temporary folder (this host as controller and node, all its CPUs,
+no accounting, ``proctrack/linuxproc`` and ``task/none`` so that no cgroups are needed), starts
+munged (with a key of its own), slurmctld and slurmd in the foreground as children of this
+process, waits until ``sinfo`` shows the nodes idle, points ``SLURM_CONF`` at the config, and at
+the end cancels what is left and stops the daemons by pid.
+
+Partition ``test`` is this host as one node. Partition ``twonodes`` adds a second node on the same
+host (a second slurmd, ``-N <host>-2``, on a port of its own; Debian's build allows several), so
+that a job with ``--nodes=2`` really gets two nodes: SLURM_NNODES=2, a task per node, node ids 0
+and 1, as on a cluster (only the machine is the same).
 
 Debian's ``slurm-wlm`` and ``munge`` packages provide the daemons; they run as root. Where they
 cannot start, the tests that use the fixture skip and say why; in CI (``CI=true``) that is a
@@ -27,6 +32,7 @@ from pathlib import Path
 import pytest
 
 PARTITION = "test"
+TWO_NODE_PARTITION = "twonodes"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 START_TIMEOUT_S = 60
@@ -41,6 +47,8 @@ class SlurmCluster:
     partition: str
     node: str
     cpus: int
+    two_node_partition: str
+    second_node: str
 
     def run(self, *command: str) -> str:
         """A SLURM client command's output (it fails the test if the command fails)."""
@@ -79,7 +87,8 @@ def slurm_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
         try:
             yield cluster
         finally:
-            subprocess.run(["scancel", f"--partition={PARTITION}"], capture_output=True)
+            for partition in (PARTITION, TWO_NODE_PARTITION):
+                subprocess.run(["scancel", f"--partition={partition}"], capture_output=True)
             _wait_for_empty_queue(timeout_s=40)
             _stop(daemons)
 
@@ -98,9 +107,10 @@ def _free_port() -> int:
 
 def _write_config(folder: Path) -> SlurmCluster:
     node = socket.gethostname().split(".")[0]  # hostname -s: what slurmd calls itself
+    second = f"{node}-2"
     cpus = os.cpu_count() or 1
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
-    for name in ("munge", "state", "spool"):
+    for name in ("munge", "state", "spool", f"spool/{node}", f"spool/{second}"):
         (folder / name).mkdir(mode=0o700)
     key = folder / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
@@ -129,18 +139,22 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 StateSaveLocation={folder / "state"}
-SlurmdSpoolDir={folder / "spool"}
+# %n: each slurmd (node) its own
+SlurmdSpoolDir={folder / "spool"}/%n
 SlurmctldPidFile={folder / "slurmctld.pid"}
-SlurmdPidFile={folder / "slurmd.pid"}
+SlurmdPidFile={folder}/slurmd.%n.pid
 SlurmctldLogFile={folder / "slurmctld.log"}
-SlurmdLogFile={folder / "slurmd.log"}
+SlurmdLogFile={folder}/slurmd.%n.log
 ReturnToService=2
 MinJobAge=300
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName={second} NodeHostname={node} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} \
+RealMemory={memory_mb} State=UNKNOWN
+PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName={TWO_NODE_PARTITION} Nodes={node},{second} MaxTime=INFINITE State=UP
 """
     )
-    return SlurmCluster(folder, config, PARTITION, node, cpus)
+    return SlurmCluster(folder, config, PARTITION, node, cpus, TWO_NODE_PARTITION, second)
 
 
 def _start_daemons(cluster: SlurmCluster) -> list[subprocess.Popen]:
@@ -158,10 +172,12 @@ def _start_daemons(cluster: SlurmCluster) -> list[subprocess.Popen]:
         ],
         ["slurmctld", "-D", "-f", str(cluster.config)],
         ["slurmd", "-D", "-f", str(cluster.config), "-N", cluster.node],
+        ["slurmd", "-D", "-f", str(cluster.config), "-N", cluster.second_node],
     ]
     daemons = []
     for command in commands:
-        log = (cluster.folder / f"{command[0]}.out").open("w")
+        name = f"slurmd.{command[-1]}" if command[0] == "slurmd" else command[0]
+        log = (cluster.folder / f"{name}.out").open("w")
         daemons.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
         if command[0] == "munged":
             _wait_for(lambda: (munge / "munge.socket").exists(), "munged's socket", daemons)
@@ -173,9 +189,11 @@ def _wait_for_idle_node(cluster: SlurmCluster, daemons: list[subprocess.Popen]) 
         result = subprocess.run(
             ["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True
         )
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        # one line per node and partition it is in
+        states = result.stdout.split()
+        return result.returncode == 0 and len(states) == 3 and set(states) == {"idle"}
 
-    _wait_for(idle, "the node to be idle", daemons, cluster.folder)
+    _wait_for(idle, "the nodes to be idle", daemons, cluster.folder)
 
 
 def _wait_for(

@@ -96,6 +96,36 @@ class PoisonWeightsAtStep(Callback):
                 next(pl_module.parameters())[0].fill_(float("nan"))
 
 
+def test_last_checkpoint_is_the_last_epoch_also_when_it_did_not_improve(tmp_path, monkeypatch):
+    """Lightning 2.6 writes last.ckpt at a validation only together with a best checkpoint."""
+    skip_md5_checks(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONVREPRO_RUN_ID", raising=False)
+    make_cifar10(tmp_path / "data" / "cifar10", n_train=320 + 160, n_test=32)
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "vgg11_cifar.yaml"),
+        "--model.backbone=tiny_backbone.TinyNet",
+        "--model.optimizer.init_args.lr=0",  # the same val/acc every epoch: never an improvement
+        "--data.init_args.data_dir=data/cifar10",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.val_size=160",
+        "--data.init_args.num_workers=0",
+        "--trainer.max_epochs=2",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--run.id=flat",
+        "--run.checkpoint_every_n_steps=4",
+    ]
+    main(args)
+    run = RunFolder(tmp_path / "runs" / "vgg11_cifar" / "flat")
+    assert torch.load(run.best_checkpoint, weights_only=True)["global_step"] == 10  # epoch 0
+    last = torch.load(run.last_checkpoint, weights_only=True)
+    assert (last["global_step"], last["epoch"]) == (20, 1)  # not the periodic save at step 16
+    assert run.read_summary().last_checkpoint == str(run.last_checkpoint.resolve())
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capfd):
     skip_md5_checks(monkeypatch)
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""Scaling an ablation out: the SLURM launcher on a real one-node cluster, and W&B sweep agents.
+"""Scaling an ablation out: the SLURM launcher on a real local cluster, and W&B sweep agents.
 
 One tiny grid (2 arms x 2 seeds, a tiny network on made-up CIFAR-10, CPU, deterministic) runs
 under the local launcher as the reference. The same grid, plus an arm whose optimizer cannot be
@@ -6,8 +6,9 @@ built, is submitted through submitit and the real ``sbatch`` (tests/slurm_cluste
 cluster); two of its points are stopped mid-fit, one as a preemption (``scontrol requeue``), one
 by the time limit's warning signal, and must resume from their checkpoints. Every finished point
 must match the reference exactly, the broken arm must show as failed with its log, one point
-also runs as a 2-task DDP job, and the command a W&B agent would run must give the reference's
-run as well.
+also runs as a 2-task DDP job, on one node and on two (the cluster's second node is a second
+slurmd on this host), and the command a W&B agent would run must give the reference's run as
+well.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from convrepro.ablate.__main__ import main
 from convrepro.ablate.spec import load_spec
 from convrepro.ablate.sweep import sweep_config
 from convrepro.runs import RunFolder
+from convrepro.runs.provenance import read_provenance
 from convrepro.testing import make_cifar10, skip_md5_checks
 
 pytest_plugins = ["slurm_cluster"]
@@ -144,7 +146,8 @@ def run_environment():
     """What every process of the runs sees: the tests' classes importable, one thread each (two
     cores); and here, where the launchers open the data first, made-up files accepted."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(TESTS))
+        # this checkout's package first: an installed one may be another checkout's
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]))
         patch.setenv("OMP_NUM_THREADS", "1")
         for variable in ("CONVREPRO_RUN_ID", HOLD_RUNS_ENV, HOLD_MARKERS_ENV):
             patch.delenv(variable, raising=False)
@@ -279,6 +282,52 @@ def test_ddp_point_as_a_two_task_job_matches_one_process(
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ddp_point_as_a_two_node_job_runs_on_both_nodes_and_matches_one_process(
+    grid, run_environment, slurm_cluster, local_results
+):
+    out = grid["folder"] / "two-nodes"
+    partition = f"--partition={slurm_cluster.two_node_partition}"
+    assert (
+        main(
+            [
+                str(grid["ddp"]),
+                "--launcher=slurm",
+                f"--out={out}",
+                "--time=10",
+                "--nodes=2",
+                partition,
+            ]
+        )
+        == 0
+    )
+    slurm_cluster.wait_until_idle(timeout_s=300)
+    (point,) = slurm.read_submitted(out).values()
+    # what sbatch got: two nodes, one task on each, each task running the point's command
+    (script,) = (out / slurm.SLURM_FOLDER).glob("*_submission.sh")
+    lines = script.read_text().splitlines()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", f"#SBATCH {partition}"):
+        assert line in lines
+    assert any(line.startswith("srun --unbuffered") for line in lines)
+    task = out / slurm.SLURM_FOLDER / f"{point.job_id}_submitted.pkl"
+    assert DelayedSubmission.load(task).args[0][-2:] == ["--devices-per-node=1", "--num-nodes=2"]
+    for node in (slurm_cluster.node, slurm_cluster.second_node):  # a task ran on each slurmd
+        assert "launch task StepId=" in (slurm_cluster.folder / f"slurmd.{node}.log").read_text()
+    runs = list((out / "runs" / "tiny").iterdir())
+    assert [run.name for run in runs] == ["no-lrn-seed1"]  # both nodes: one run folder
+    run = RunFolder(runs[0])
+    assert "MEMBER: 2/2" in run.log.read_text()
+    config = yaml.safe_load(run.config().read_text())
+    assert (config["trainer"]["num_nodes"], str(config["trainer"]["devices"])) == (2, "1")
+    fit = read_provenance(run)[0]
+    assert (fit.devices["nodes"], fit.devices["world_size"], fit.outcome) == (2, 2, "finished")
+    summary = run.read_summary()
+    row = next(r for r in local_results if (r["arm"], r["seed"]) == ("no-lrn", "1"))
+    assert summary.test_acc == pytest.approx(float(row["test_acc"]), abs=1e-6)
+    assert summary.best_val_acc == pytest.approx(float(row["best_val_acc"]), abs=1e-6)
+
+
 # -- bad input: one line, nothing submitted -----------------------------------------------------
 
 
@@ -296,6 +345,12 @@ def test_partition_slurm_rejects_submits_nothing(grid, run_environment, slurm_cl
     error = capsys.readouterr().err
     assert "generic resource" in error.lower() and "--gpus-per-run 0" in error
     assert error.count("\n") == 1 and not slurm.read_submitted(out)
+    # two nodes per run from the one-node partition: sbatch would queue it for ever
+    assert main([*submit, "--gpus-per-run=0", "--tasks-per-run=2", "--nodes=2"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: each run asks for 2 nodes (--nodes) and partition test has 1")
+    assert "PartitionNodeLimit" in error and error.count("\n") == 1
+    assert not slurm.read_submitted(out)
     # data every point reads is missing: stopped before the first point is submitted
     spec = yaml.safe_load(grid["grid"].read_text())
     spec["overrides"] = {"data.init_args.data_dir": str(grid["folder"] / "no-data")}

@@ -31,6 +31,7 @@ from bad_inputs import (
     file,
     in_workdir,
     last_good_checkpoint_is_good,
+    launched_by,
     make_data,
     make_prepared_runs,
     no_gpu,
@@ -292,6 +293,41 @@ ROWS = [
         2,
         ("No supported gpu backend", "trainer.accelerator"),
         setup=no_gpu,
+    ),
+    # issue 19: a launch of another layout than the config's (each process would train alone)
+    Row(
+        "torchrun started two nodes, the config says one",
+        fit(),
+        2,
+        (
+            "trainer.num_nodes=1 x trainer.devices=1: torchrun (WORLD_SIZE=2, LOCAL_WORLD_SIZE=1) "
+            "started this run as 2 node(s) x 1 process(es) each",
+            "Pass --trainer.num_nodes=2 --trainer.devices=1",
+        ),
+        setup=launched_by(
+            TORCHELASTIC_RUN_ID="tr",
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="1",
+            RANK="0",
+            LOCAL_RANK="0",
+            GROUP_RANK="0",
+        ),
+    ),
+    Row(
+        "srun started two nodes, the config one node of two devices",
+        fit("--trainer.devices=2"),
+        2,
+        "SLURM (SLURM_NTASKS=2, SLURM_NNODES=2) started this run as 2 node(s) x 1 process(es)",
+        setup=launched_by(
+            SLURM_JOB_ID="77",
+            SLURM_JOB_NAME="train",
+            SLURM_NTASKS="2",
+            SLURM_NNODES="2",
+            SLURM_NTASKS_PER_NODE="1",
+            SLURM_PROCID="0",
+            SLURM_LOCALID="0",
+            SLURM_NODEID="0",
+        ),
     ),
     Row(
         "run.root is a file",

@@ -8,8 +8,10 @@ or Ctrl+C, exact resume with ``--ckpt_path last``, a stop on a NaN loss).
 
 Exit status of ``main.py``: 0 done; 2 a user error (one ``error:`` line on stderr naming the
 setting and the fix; a command that fails before training leaves no run folder); 3 the loss
-diverged; 130/143 stopped by Ctrl+C/SIGTERM after saving a checkpoint (resume me); anything
-else, with a traceback, is a bug. ``tests/test_user_errors_table.py`` has a row for each case.
+diverged; 4 another process of a multi-process run died or hung (one ``error:`` line; resume
+with ``--ckpt_path last``); 130/143 stopped by Ctrl+C/SIGTERM after saving a checkpoint (resume
+me); anything else, with a traceback, is a bug. ``tests/test_user_errors_table.py`` has a row
+for each case (a lost process: ``tests/test_multinode.py``).
 """
 
 from __future__ import annotations
@@ -45,11 +47,8 @@ from convrepro.reliability import (
     PreemptionCheckpoint,
     RunCheckpoint,
 )
-from convrepro.reliability.checkpoint_io import (
-    CheckpointFile,
-    check_checkpoint_fits,
-    read_checkpoint,
-)
+from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
+from convrepro.reliability.distributed import announce_world_change, configure_processes, lost_peer
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
 from convrepro.runs.console import (
     RunConsole,
@@ -201,12 +200,9 @@ class ConvReproCLI(LightningCLI):
                 for key, (old, new) in self._changed.items():
                     rank_zero_info(f"Resuming with {key} changed from {old} to {new}")
         super()._parse_ckpt_path()
-        if subcommand and subcommand != "fit" and self._checkpoint is not None:
+        if subcommand not in (None, "fit") and self._checkpoint is not None:
             data = self.config[subcommand].data
-            for line in apply_trained_inputs(
-                _class_of(data), data.init_args, self._checkpoint.content
-            ):
-                rank_zero_info(line)
+            apply_trained_inputs(_class_of(data), data.init_args, self._checkpoint.content)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand != "fit":
@@ -255,14 +251,18 @@ class ConvReproCLI(LightningCLI):
                 "and trainer.precision against this machine (trainer.accelerator=auto uses what "
                 "it has)."
             ) from error
+        configure_processes(trainer, self.config[self.subcommand].run.process_group_timeout_s)
         prepare_loggers(trainer)  # before the Trainer starts their runs
         return trainer
 
     def before_fit(self) -> None:
-        """Refuse a checkpoint of another architecture before anything starts."""
+        """Refuse a checkpoint of another architecture before anything starts; say what a
+        resume on another number of processes changes."""
         if self._checkpoint is not None:
-            check_checkpoint_fits(self.model, self._checkpoint)
-            if self.subcommand != "fit":
+            self._checkpoint.check_fits(self.model.backbone)
+            if self.subcommand == "fit":
+                announce_world_change(self._checkpoint, self.trainer, self.datamodule, self.model)
+            else:
                 restore_fitted_inputs(self.datamodule, self._checkpoint.content)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
@@ -382,7 +382,7 @@ def main(args: list[str] | None = None) -> None:
         # that did not finish must not look finished to its scheduler.
         sys.exit(stop.code if stop.code is not None else 128 + signal.SIGTERM)
     except Exception as error:
-        user_error = _user_error_in(error)
+        user_error = _user_error_in(error) or lost_peer(error)
         if user_error is None or os.environ.get(DEBUG_ENV):
             raise
         sys.stderr.write(f"error: {user_error}\n")

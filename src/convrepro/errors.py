@@ -53,3 +53,19 @@ class TrainingDiverged(UserError, ArithmeticError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
     exit_code = 3
+
+
+class PeerLost(UserError, RuntimeError):
+    """Another process of a multi-process run died or stopped answering, so this one stopped
+    too (exit 4). Checkpoints saved before are intact: start the run again with
+    ``--ckpt_path last`` once every node is back.
+
+    Attributes:
+        detail: What happened, in a few words (for the run's provenance record).
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail

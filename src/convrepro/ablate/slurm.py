@@ -101,9 +101,13 @@ def submit_grid(
         print(f"requeues after the time limit: at most {options.max_timeouts} per point")
         for command in commands:
             print(f"    {shlex.join(command)}")
+        if commands:
+            print("sbatch script (one array task per point; its srun starts the run's processes):")
+            print(sbatch_script(submitit, out, parameters, len(commands)))
         return None
     if not todo:
         return None
+    _check_partition_nodes(options)
     preflight.check_data(configs)
     out.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(spec.to_yaml())  # what the jobs read, however long they queue
@@ -136,6 +140,45 @@ def submit_grid(
         json.dumps({run_id: asdict(point) for run_id, point in submitted.items()}, indent=2),
     )
     return jobs[0].job_id.split("_")[0]
+
+
+def sbatch_script(submitit: Any, out: Path, parameters: dict[str, Any], count: int) -> str:
+    """The script submitit would hand to ``sbatch`` for an array of ``count`` points.
+
+    Made the way submitit makes it for ``map_array`` (its executor's own text, with the array's
+    ``map_count``), so that a dry run shows the real ``#SBATCH`` and ``srun`` lines; nothing is
+    written.
+    """
+    executor = submitit.SlurmExecutor(folder=out / SLURM_FOLDER)
+    executor.update_parameters(**parameters)
+    executor.parameters["map_count"] = count
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+def _check_partition_nodes(options: SlurmOptions) -> None:
+    """Refuse runs of more nodes than their partition has. ``sbatch`` accepts such a job, which
+    then waits in the queue for ever (reason ``PartitionNodeLimit``)."""
+    if options.nodes == 1:
+        return
+    result = subprocess.run(
+        ["sinfo", "--noheader", "--format=%P %D"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return  # sbatch will say what is wrong
+    nodes: dict[str, int] = {}
+    default = None
+    for line in result.stdout.splitlines():  # a line per partition and node state
+        name, count = line.split()
+        default = name.rstrip("*") if name.endswith("*") else default
+        nodes[name.rstrip("*")] = nodes.get(name.rstrip("*"), 0) + int(count)
+    partition = options.partition or default
+    if partition in nodes and nodes[partition] < options.nodes:
+        raise AblationError(
+            f"each run asks for {options.nodes} nodes (--nodes) and partition {partition} has "
+            f"{nodes[partition]}: sbatch would queue the jobs for ever (PartitionNodeLimit). "
+            "Nothing was submitted; choose a partition with enough nodes (sinfo -N lists "
+            "them), or lower --nodes"
+        )
 
 
 def _remedy(reason: str, options: SlurmOptions) -> str:

@@ -22,20 +22,20 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 
 _DATA_HPARAMS = "datamodule_hyper_parameters"
 
 
 def apply_trained_inputs(
     data_class: type, init_args: Namespace, checkpoint: Mapping[str, Any]
-) -> list[str]:
+) -> None:
     """Set the config's ``data.init_args`` for ``data_class`` to the checkpoint's class names
-    and input protocol; returns a console line for each setting it changed."""
+    and input protocol, saying on the console which setting it changed."""
     recorded = checkpoint.get(_DATA_HPARAMS) or {}
-    changed = []
     for key in getattr(data_class, "input_protocol", ()):
         if key in recorded and init_args.get(key) != recorded[key]:
-            changed.append(
+            rank_zero_info(
                 f"Using data.{key}={recorded[key]!r}, the input protocol the checkpoint was "
                 f"trained with (the config has {init_args.get(key)!r})"
             )
@@ -44,7 +44,6 @@ def apply_trained_inputs(
     accepts_names = "class_names" in inspect.signature(data_class).parameters
     if class_names and accepts_names and init_args.get("class_names") is None:
         init_args.class_names = list(class_names)
-    return changed
 
 
 def restore_fitted_inputs(datamodule: LightningDataModule, checkpoint: Mapping[str, Any]) -> None:

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import Tensor
+from torch import Tensor, nn
 
 from convrepro.errors import ConfigError, UserError
 from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
@@ -103,6 +103,18 @@ class CheckpointFile:
     def global_step(self) -> int:
         return int(self.content.get("global_step", 0))
 
+    def check_fits(self, network: nn.Module) -> None:
+        """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights
+        than ``network`` (the backbone the config builds)."""
+        expected = network.state_dict()
+        problems = describe_mismatch(expected, network_state_dict(self.weights, expected))
+        if problems:
+            raise ConfigError(
+                f"--ckpt_path {self.path} was saved from another model than the config builds "
+                f"({type(network).__name__}). {problems} Use the config the checkpoint was "
+                "trained with (its run folder holds config.yaml)."
+            )
+
 
 def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> CheckpointFile:
     """Read the checkpoint ``setting`` names, refusing anything that is not one.
@@ -128,29 +140,37 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> Checkpoin
     return CheckpointFile(Path(path), dict(content), weights)
 
 
-def check_checkpoint_fits(model: LightningModule, checkpoint: CheckpointFile) -> None:
-    """Raise a :class:`ConfigError` if the checkpoint holds another architecture's weights than
-    ``model.backbone`` (an ``ImageClassifier``'s network)."""
-    expected = model.backbone.state_dict()
-    problems = describe_mismatch(expected, network_state_dict(checkpoint.weights, expected))
-    if problems:
-        raise ConfigError(
-            f"--ckpt_path {checkpoint.path} was saved from another model than the config builds "
-            f"({type(model.backbone).__name__}). {problems} Use the config the checkpoint was "
-            "trained with (its run folder holds config.yaml)."
-        )
-
-
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that saves nothing in a ``fast_dev_run``, as Lightning documents.
+    """ModelCheckpoint that saves nothing in a ``fast_dev_run``, as Lightning documents, and
+    writes ``last.ckpt`` at the end of every epoch.
 
     Lightning 2.6's ``on_train_end`` writes ``last.ckpt`` without asking whether saving is
-    switched off: a one-step smoke test of a VGG-16 config wrote 1 GB, twice.
+    switched off: a one-step smoke test of a VGG-16 config wrote 1 GB, twice. And it writes
+    ``last.ckpt`` at a validation only if a top-k checkpoint was saved there too: after an epoch
+    that did not improve the monitored metric, ``last.ckpt`` kept an older step (the periodic
+    save's), so a finished run's ``last.ckpt`` missed its last epoch, and a resume redid it.
     """
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, at_epoch_end=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, at_epoch_end=False)
+
+    def _save_last_if_missed(self, trainer: Trainer, at_epoch_end: bool) -> None:
+        # Where Lightning would have saved (the end of the epoch, or of a validation within it).
+        if (
+            self.save_last is True
+            and self._should_save_on_train_epoch_end(trainer) == at_epoch_end
+            and not self._should_skip_saving_checkpoint(trainer)  # saved at this step already
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class PeriodicCheckpoint(RunCheckpoint):
@@ -180,3 +200,6 @@ class PeriodicCheckpoint(RunCheckpoint):
     ) -> None:
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_last_if_missed(self, trainer: Trainer, at_epoch_end: bool) -> None:
+        pass  # the run's RunCheckpoint writes the epoch-end last.ckpt; a second write is waste

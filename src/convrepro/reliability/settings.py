@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from convrepro.errors import ConfigError
 from convrepro.reliability.checkpoint_io import CheckpointFile
+from convrepro.reliability.distributed import WORLD_KEY, world_layout
 
 #: Where a checkpoint keeps its run's settings (flat ``{"section.key": value}``, plain values).
 SETTINGS_KEY = "convrepro_settings"
@@ -87,7 +88,8 @@ def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class StoreSettings(Callback):
-    """Puts the run's settings (:func:`flat_settings`) into every checkpoint it writes."""
+    """Puts the run's settings (:func:`flat_settings`) into every checkpoint it writes, and the
+    layout of the processes that wrote it (a resume on others says what that changes)."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -96,6 +98,7 @@ class StoreSettings(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[SETTINGS_KEY] = self.settings
+        checkpoint[WORLD_KEY] = world_layout(trainer)
 
 
 def changed_settings(checkpoint: CheckpointFile, settings: Mapping[str, Any]) -> dict[str, list]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 
 from convrepro.errors import ConfigError, MissingFileError
+from convrepro.reliability.distributed import DEFAULT_PROCESS_GROUP_TIMEOUT_S
 from convrepro.runs.folder import RunFolder, check_folder_name
 
 RUN_ID_ENV = "CONVREPRO_RUN_ID"
@@ -37,6 +38,12 @@ class RunOptions:
         checkpoint_every_n_steps: Overwrite ``checkpoints/last.ckpt`` every this many training
             steps, so that a job killed without warning loses at most that much work (stop
             signals save a checkpoint of their own). ``None`` keeps only the end-of-epoch saves.
+        process_group_timeout_s: Seconds a process of a multi-process (DDP) run waits for the
+            others at any collective (each step's gradient all-reduce, barriers, the start)
+            before it stops with an error (exit 4). A peer that dies is noticed at once; this
+            bounds the wait for one that hangs or never starts. Raise it if rank 0 does long
+            work alone while the others wait (a first download of a large data set, checkpoints
+            on a slow file system).
     """
 
     name: str | None = None
@@ -45,6 +52,7 @@ class RunOptions:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     checkpoint_every_n_steps: int | None = 1000
+    process_group_timeout_s: float = DEFAULT_PROCESS_GROUP_TIMEOUT_S
 
 
 def new_run_id() -> str:

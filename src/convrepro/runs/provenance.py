@@ -90,7 +90,8 @@ class Invocation:
         host: The machine (rank 0's).
         started: When the command started (UTC, ISO 8601).
         ended: When it ended; ``None`` if it is running or was killed.
-        outcome: ``finished``, ``stopped by SIGTERM``, ``diverged``, ``failed: <error>``.
+        outcome: ``finished``, ``stopped by SIGTERM``, ``diverged``, ``lost another process:
+            <what happened>`` (a peer of a multi-process run died or hung), ``failed: <error>``.
         checkpoint: The checkpoint it started from (``--ckpt_path``), if any.
         checkpoint_step: That checkpoint's optimiser step: which weights, not only which file
             (``best.ckpt`` is rewritten while a run trains).

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from convrepro.data.contract import datamodule_of
 from convrepro.errors import TrainingDiverged
+from convrepro.reliability.distributed import lost_peer
 from convrepro.reliability.preemption import StopRequested
 from convrepro.runs.files import write_atomic
 from convrepro.runs.folder import RunFolder
@@ -155,6 +156,8 @@ class RunProvenance(Callback):
             outcome = f"stopped by {signal.Signals(exception.signum).name}"
         elif isinstance(exception, TrainingDiverged):
             outcome = "diverged"
+        elif (lost := lost_peer(exception)) is not None:
+            outcome = f"lost another process: {lost.detail}"
         else:
             outcome = f"failed: {type(exception).__name__}: {exception}"
         self._end(trainer, outcome)
