@@ -160,7 +160,8 @@ def markdown(report: dict[str, Any]) -> str:
     op, net = report["op"], report["network"]
     lines = [
         f"LRN benchmark on {report['device']}, {report['threads']} threads, "
-        f"torch {report['torch']}, {report['date']} (`python benchmarks/lrn.py`)",
+        f"torch {report['torch']}, {report['date']} "
+        f"(`python benchmarks/lrn.py --repeats {report['repeats']}`)",
         "",
         "| what | torch's LRN | ours | ratio |",
         "| --- | ---: | ---: | ---: |",
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "repeats": args.repeats,
         "op": op_times(args.repeats),
         "network": network_times(args.repeats),
         "before_after": before_after(max(3, args.repeats // 3)),

@@ -193,3 +193,9 @@ def test_lrn_benchmark_reports_the_ratios(tmp_path, scripts_importable):
     saved = json.loads((tmp_path / "lrn_cpu.json").read_text())
     assert saved["op"] == report["op"]
     assert (tmp_path / "lrn_cpu.md").read_text().startswith("LRN benchmark on ")
+
+
+def test_readme_lrn_speed_table_is_the_committed_benchmark_record():
+    """The README's LRN timings are a copy of what benchmarks/lrn.py wrote, not typed."""
+    record = (ROOT / "benchmarks" / "results" / "lrn_cpu.md").read_text().strip()
+    assert record in (ROOT / "README.md").read_text()
