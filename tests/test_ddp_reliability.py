@@ -149,6 +149,7 @@ CLI_ARGS = [
 ]
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_torchrun_two_nodes_share_a_run_and_stop_together_on_sigterm(cifar, monkeypatch):

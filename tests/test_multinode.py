@@ -47,6 +47,8 @@ from convrepro.runs import RunFolder
 from convrepro.runs.provenance import read_provenance
 from convrepro.testing import make_cifar10, skip_md5_checks
 
+pytestmark = pytest.mark.cluster  # minutes of node processes: python -m pytest -m cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 RECORD_ENV, HOLD_ENV = "MULTINODE_RECORD", "MULTINODE_HOLD"

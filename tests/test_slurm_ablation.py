@@ -198,6 +198,7 @@ def slurm_grid(grid, run_environment, slurm_cluster) -> dict:
 # -- the grid on SLURM ------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_grid_on_slurm_ends_with_the_local_results(slurm_grid, local_results):
@@ -213,6 +214,7 @@ def test_grid_on_slurm_ends_with_the_local_results(slurm_grid, local_results):
     assert DelayedSubmission.load(task)._timeout_countdown == MAX_TIMEOUTS
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.parametrize("run_id", list(HELD))
 def test_point_stopped_mid_fit_is_requeued_and_resumes(slurm_grid, local_results, run_id):
@@ -237,6 +239,7 @@ def test_point_stopped_mid_fit_is_requeued_and_resumes(slurm_grid, local_results
     assert held.read_summary().test_acc == float(row["test_acc"])  # as if never stopped
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_failed_point_is_reported_with_its_log_and_the_others_finish(slurm_grid):
     out = slurm_grid["out"]
@@ -255,6 +258,7 @@ def test_failed_point_is_reported_with_its_log_and_the_others_finish(slurm_grid)
     assert "no test result yet (left out): broken-seed0, broken-seed1" in summary
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ddp_point_as_a_two_task_job_matches_one_process(
@@ -282,6 +286,7 @@ def test_ddp_point_as_a_two_task_job_matches_one_process(
     )
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ddp_point_as_a_two_node_job_runs_on_both_nodes_and_matches_one_process(
@@ -331,6 +336,7 @@ def test_ddp_point_as_a_two_node_job_runs_on_both_nodes_and_matches_one_process(
 # -- bad input: one line, nothing submitted -----------------------------------------------------
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_partition_slurm_rejects_submits_nothing(grid, run_environment, slurm_cluster, capsys):
     out = grid["folder"] / "rejected"
