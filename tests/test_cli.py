@@ -19,8 +19,10 @@ import yaml
 from bad_inputs import in_workdir
 from bad_inputs import run_main as run_in_process
 
+from convrepro.cli import ConvReproCLI
 from convrepro.runs import RunFolder
 from convrepro.testing import make_cifar10
+from convrepro.training import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -310,3 +312,15 @@ def test_results_of_a_checkpoint_go_next_to_its_run_whatever_the_config(workdir)
     invocations = json.loads(RunFolder(run_dir).provenance_file.read_text())["invocations"]
     assert [i["subcommand"] for i in invocations] == ["fit", "test", "predict"]
     assert str(other) in " ".join(invocations[1]["command"])
+
+
+def test_the_cli_as_a_library_builds_the_classes_and_starts_no_run(workdir):
+    """``ConvReproCLI(args=..., run=False)``, LightningCLI's way to get the model, datamodule
+    and Trainer of a config in a notebook or script: no subcommand, so no run folder."""
+    built = ConvReproCLI(args=[*TINY_ARGS, "--trainer.fast_dev_run=1"], run=False)
+    assert isinstance(built.model, ImageClassifier)
+    assert built.model.hparams.num_classes == built.datamodule.num_classes == 10
+    assert built.trainer.precision == "32-true"  # the machine's, as for the subcommands
+    assert not (workdir / "runs").exists()
+    built.trainer.fit(built.model, built.datamodule)  # the caller runs it as plain Lightning
+    assert built.trainer.global_step == 1

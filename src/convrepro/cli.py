@@ -61,7 +61,7 @@ from convrepro.runs.folder import DiscardUnstartedRun, RunFolder
 from convrepro.runs.identity import RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
 from convrepro.runs.records import PredictionWriter, RunProvenance, RunSummary
-from convrepro.runs.tracking import RunConfigSaver, RunCSVLogger, wandb_offline_reason
+from convrepro.runs.tracking import RunConfigSaver, RunCSVLogger, choose_wandb_mode
 from convrepro.training import ImageClassifier, metrics
 from convrepro.training.classifier import PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHT_DECAY
 
@@ -205,15 +205,21 @@ class ConvReproCLI(LightningCLI):
             apply_trained_inputs(_class_of(data), data.init_args, self._checkpoint.content)
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # run=False, a library call: the classes, and no run folder
+            _prepare_trainer(self.config.trainer)
+            self.save_config_callback = None
+            loggers = self.config.trainer.logger
+            for entry in loggers if isinstance(loggers, list) else [loggers]:
+                if _is_a(entry, WandbLogger):
+                    choose_wandb_mode(entry.init_args)
+            return
         if self.subcommand != "fit":
             silence_evaluation_noise()
         config = self.config[self.subcommand]
         run = self._run
         trainer = config.trainer
         trainer.default_root_dir = str(run.path)
-        if trainer.precision is None:
-            trainer.precision = default_precision(trainer.accelerator)
-        trainer.plugins = _with_atomic_checkpoint_io(trainer.plugins)
+        _prepare_trainer(trainer)
         if config.get("weights_only") is None:
             config.weights_only = True  # our checkpoints hold only tensors and plain values
         loggers = _configure_loggers(trainer, run.path, config.run)
@@ -251,7 +257,8 @@ class ConvReproCLI(LightningCLI):
                 "and trainer.precision against this machine (trainer.accelerator=auto uses what "
                 "it has)."
             ) from error
-        configure_processes(trainer, self.config[self.subcommand].run.process_group_timeout_s)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        configure_processes(trainer, config.run.process_group_timeout_s)
         prepare_loggers(trainer)  # before the Trainer starts their runs
         return trainer
 
@@ -326,6 +333,13 @@ def _training_safety_callbacks(trainer: Namespace, run: RunFolder, options: Name
     return callbacks
 
 
+def _prepare_trainer(trainer: Namespace) -> None:
+    """The machine's precision unless one is set; checkpoints written atomically."""
+    if trainer.precision is None:
+        trainer.precision = default_precision(trainer.accelerator)
+    trainer.plugins = _with_atomic_checkpoint_io(trainer.plugins)
+
+
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     """``trainer.plugins`` plus :class:`AtomicCheckpointIO`, unless one writes checkpoints."""
     plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
@@ -351,26 +365,12 @@ def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> lis
             init_args.resume = "allow"
             init_args.group = init_args.get("group") or run.group
             init_args.tags = list(init_args.get("tags") or []) + list(run.tags)
-            _choose_wandb_mode(init_args)
+            choose_wandb_mode(init_args)
         elif "name" in init_args or "version" in init_args:
             init_args.name, init_args.version = "", ""  # CSV/TensorBoard: log_dir = run folder
         if _class_of(entry) is CSVLogger:
             entry.class_path = f"{RunCSVLogger.__module__}.{RunCSVLogger.__name__}"
     return entries
-
-
-def _choose_wandb_mode(init_args: Namespace) -> None:
-    if init_args.get("offline"):
-        return
-    reason = wandb_offline_reason()
-    if reason is None:
-        return
-    init_args.offline = True
-    if init_args.get("log_model"):
-        init_args.log_model = False  # W&B cannot upload checkpoints offline
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
-        # W&B itself says how to sync a run that is kept, when it finishes.
-        rank_zero_info(f"W&B is logging offline ({reason}).")
 
 
 def main(args: list[str] | None = None) -> None:

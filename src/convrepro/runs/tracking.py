@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -103,3 +104,19 @@ class _AppendingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
                 self.metrics_keys = next(csv.reader(handle), [])
+
+
+def choose_wandb_mode(init_args: Namespace) -> None:
+    """W&B offline, saying why once, when it cannot reach its server (``init_args``: the
+    WandbLogger entry of a config)."""
+    if init_args.get("offline"):
+        return
+    reason = wandb_offline_reason()
+    if reason is None:
+        return
+    init_args.offline = True
+    if init_args.get("log_model"):
+        init_args.log_model = False  # W&B cannot upload checkpoints offline
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+        # W&B itself says how to sync a run that is kept, when it finishes.
+        rank_zero_info(f"W&B is logging offline ({reason}).")
