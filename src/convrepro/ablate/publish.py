@@ -169,6 +169,12 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
     return "\n".join(lines)
 
 
+def _p_is(p: float) -> str:
+    """``= 0.008``, or ``<0.001`` (not ``= <0.001``)."""
+    text = _p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def _spread(summary: stats.ArmSummary) -> list[str]:
     """Mean ± std, the interval of the mean, the prediction interval of one more run."""
     low, high = summary.prediction_interval()
@@ -202,8 +208,8 @@ def _differences(
             lines.append(
                 f"- `{arm}` - `{spec.baseline}`, {label} error: Δ {_signed(c.welch.difference)} "
                 f"points, 95% CI [{_signed(c.welch.ci_low)}, {_signed(c.welch.ci_high)}]; "
-                f"Welch p = {_p(c.welch.p)} (df {c.welch.df:.1f}), exact permutation "
-                f"p = {_p(c.permutation.p)} ({c.permutation.splits} splits)"
+                f"Welch p {_p_is(c.welch.p)} (df {c.welch.df:.1f}), exact permutation "
+                f"p {_p_is(c.permutation.p)} ({c.permutation.splits} splits)"
             )
     return lines
 
