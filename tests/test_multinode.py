@@ -45,7 +45,7 @@ from convrepro.reliability.checkpoint_io import CheckpointFile
 from convrepro.reliability.distributed import WORLD_KEY, configure_processes, describe_world_change
 from convrepro.runs import RunFolder
 from convrepro.runs.provenance import read_provenance
-from convrepro.testing import make_cifar10, skip_md5_checks
+from convrepro.testing import hold_until_sigterm, make_cifar10, skip_md5_checks
 
 pytestmark = pytest.mark.cluster  # minutes of node processes: python -m pytest -m cluster
 
@@ -105,22 +105,7 @@ class HoldAt(Callback):
         here = hold and (trainer.current_epoch, batch_idx) == (hold["epoch"], hold["batch"])
         if not here or trainer.global_rank not in hold["ranks"]:
             return
-        stopped = []
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def note(signum, frame) -> None:
-            stopped.append(signum)
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGTERM, note)
-        Path(hold["folder"], f"held.rank{trainer.global_rank}").touch()
-        deadline = time.monotonic() + 120
-        try:
-            while not stopped and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        hold_until_sigterm(Path(hold["folder"], f"held.rank{trainer.global_rank}"), 120)
 
 
 # -- launching nodes ----------------------------------------------------------------------------

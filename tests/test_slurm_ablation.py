@@ -18,7 +18,6 @@ import csv
 import io
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from convrepro.ablate.spec import load_spec
 from convrepro.ablate.sweep import sweep_config
 from convrepro.runs import RunFolder
 from convrepro.runs.provenance import read_provenance
-from convrepro.testing import make_cifar10, skip_md5_checks
+from convrepro.testing import hold_until_sigterm, make_cifar10, skip_md5_checks
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -99,22 +98,7 @@ class RunHooks(Callback):
         marker = Path(os.environ[HOLD_MARKERS_ENV], Path(trainer.default_root_dir).name)
         if marker.exists():
             return
-        stopped = []
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def note(signum, frame) -> None:
-            stopped.append(signum)
-            if callable(previous):
-                previous(signum, frame)  # the run's own handler: save at this step's end
-
-        signal.signal(signal.SIGTERM, note)
-        marker.touch()
-        deadline = time.monotonic() + 300
-        try:
-            while not stopped and time.monotonic() < deadline:
-                time.sleep(0.1)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        hold_until_sigterm(marker, 300)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from convrepro.testing.datasets import (
     make_stl10,
 )
 from convrepro.testing.integrity import accepting_made_up_files, skip_md5_checks
-from convrepro.testing.processes import preloaded_context, start_processes
+from convrepro.testing.processes import hold_until_sigterm, preloaded_context, start_processes
 
 __all__ = [
     "BAD_FILES",
@@ -34,6 +34,7 @@ __all__ = [
     "STL10_FOLDS",
     "accepting_made_up_files",
     "balanced_labels",
+    "hold_until_sigterm",
     "make_cifar10",
     "make_cifar10_folders",
     "make_image_folder",
