@@ -124,7 +124,7 @@ def test_test_images_are_cuda_convnets_ten_views(pickles):
     views, _ = dm.splits["test"][0]
     assert views.shape == (10, 3, 24, 24)
     source = dm.splits["test"].pixels[0].double()
-    centre_mean = dm._mean_image.double() * 255
+    centre_mean = dm.fitted_inputs["mean_image"].double() * 255
     expected = [
         source[:, top : top + 24, left : left + 24] - centre_mean
         for top, left in ((0, 0), (0, 8), (4, 4), (8, 0), (8, 8))

@@ -1,11 +1,14 @@
-"""AlexNet's PCA colour augmentation: the PCA, its cache, the shift's distribution, CIFAR-10."""
+"""AlexNet's PCA colour augmentation: the pixel statistics, their cache, the shift's
+distribution, CIFAR-10."""
 
 import numpy as np
 import pytest
 import torch
 
 from convrepro.data import CIFAR10DataModule
-from convrepro.data.augment import RGBPCA, PCALighting, cached_rgb_pca, lighting, rgb_pca
+from convrepro.data import pixel_stats as pixel_stats_module
+from convrepro.data.augment import PCALighting
+from convrepro.data.pixel_stats import RGBPCA, array_pixel_stats, pixel_stats
 from convrepro.data.transforms import CIFAR10_STATS
 from convrepro.testing import make_cifar10, skip_md5_checks
 
@@ -23,17 +26,24 @@ def _covariance(pca: RGBPCA) -> np.ndarray:
     return vectors.T @ np.diag(pca.eigenvalues) @ vectors
 
 
-def test_rgb_pca_is_the_eigendecomposition_of_the_pixel_covariance(monkeypatch):
+def rgb_pca(images: np.ndarray) -> RGBPCA:
+    return pixel_stats(images).pca
+
+
+def test_pixel_stats_are_the_mean_and_eigendecomposition_of_the_pixel_covariance(monkeypatch):
     images = _correlated_images()
-    monkeypatch.setattr(lighting, "PIXELS_PER_CHUNK", 1000)  # exercise the chunked sums
-    pca = rgb_pca(images)
+    monkeypatch.setattr(pixel_stats_module, "PIXELS_PER_CHUNK", 1000)  # the chunked sums
+    stats = pixel_stats(images)
+    pca = stats.pca
+    np.testing.assert_allclose(stats.mean, images.reshape(-1, 3).mean(axis=0) / 255.0)
+    assert stats.images == len(images)
     expected = np.cov(images.reshape(-1, 3).T / 255.0)
     np.testing.assert_allclose(_covariance(pca), expected, atol=1e-9)
     assert list(pca.eigenvalues) == sorted(pca.eigenvalues, reverse=True)
     np.testing.assert_allclose(
         np.array(pca.eigenvectors) @ np.array(pca.eigenvectors).T, np.eye(3), atol=1e-9
     )
-    with pytest.raises(ValueError, match=r"uint8 RGB images shaped \(N, H, W, 3\)"):
+    with pytest.raises(ValueError, match=r"uint8 RGB pixels shaped \(\.\.\., H, W, 3\)"):
         rgb_pca(images.transpose(0, 3, 1, 2))
 
 
@@ -67,30 +77,30 @@ def test_lighting_adds_one_colour_per_image_and_keeps_shape_and_dtype():
         lighting_(torch.rand(5, 7, 3))
 
 
-def test_the_pca_is_computed_once_and_cached_per_set_of_images(tmp_path, monkeypatch):
+def test_the_stats_are_computed_once_and_cached_per_set_of_images(tmp_path, monkeypatch):
     images = _correlated_images()
-    pca = cached_rgb_pca(images, tmp_path)
-    files = list(tmp_path.glob("pca_rgb_*.json"))
+    stats = array_pixel_stats(images, tmp_path)
+    files = list(tmp_path.glob("pixel_stats_*.json"))
     assert len(files) == 1
 
     def fail(images):
         raise AssertionError("recomputed instead of read from the cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(lighting, "rgb_pca", fail)
-        assert cached_rgb_pca(images.copy(), tmp_path) == pca
-    cached_rgb_pca(images[:32], tmp_path)  # other images: another file
-    assert len(list(tmp_path.glob("pca_rgb_*.json"))) == 2
+        patch.setattr(pixel_stats_module, "pixel_stats", fail)
+        assert array_pixel_stats(images.copy(), tmp_path) == stats
+    array_pixel_stats(images[:32], tmp_path)  # other images: another file
+    assert len(list(tmp_path.glob("pixel_stats_*.json"))) == 2
 
 
 def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
     def refuse(path, content):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(lighting, "write_atomic", refuse)
-    with pytest.warns(UserWarning, match="could not cache the RGB PCA"):
-        pca = cached_rgb_pca(_correlated_images(), tmp_path)
-    assert pca == rgb_pca(_correlated_images())
+    monkeypatch.setattr(pixel_stats_module, "write_atomic", refuse)
+    with pytest.warns(UserWarning, match="could not cache the pixel statistics"):
+        stats = array_pixel_stats(_correlated_images(), tmp_path)
+    assert stats == pixel_stats(_correlated_images())
 
 
 @pytest.fixture
@@ -122,12 +132,12 @@ def test_cifar_pca_is_fitted_to_the_training_split_and_cached_next_to_the_data(c
     lighting_ = dm.splits["train"].transform.transforms[-2]
     assert isinstance(lighting_, PCALighting)
     assert lighting_.pca == rgb_pca(train_pixels)  # the held-out images are not part of it
-    cached = list(cifar.glob("pca_rgb_*.json"))
+    cached = list(cifar.glob("pixel_stats_*.json"))
     assert len(cached) == 1
     modified = cached[0].stat().st_mtime_ns
     _cifar(cifar, val_size=8, pca_lighting=0.1)
     assert cached[0].stat().st_mtime_ns == modified  # read, not rewritten
     _cifar(cifar, val_size=4, pca_lighting=0.1)
-    assert len(list(cifar.glob("pca_rgb_*.json"))) == 2  # another training split
+    assert len(list(cifar.glob("pixel_stats_*.json"))) == 2  # another training split
     with pytest.raises(ValueError, match="pca_lighting is a standard deviation"):
         CIFAR10DataModule(str(cifar), pca_lighting=-1.0)

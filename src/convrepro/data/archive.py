@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -17,6 +18,7 @@ from torchvision.transforms import v2
 
 from convrepro.data.base import BaseImageDataModule
 from convrepro.data.device import DeviceBatches
+from convrepro.data.pixel_stats import PixelStats, array_pixel_stats
 from convrepro.data.samples import SourceName, SplitView
 from convrepro.data.transforms import with_leading_steps
 from convrepro.errors import MissingFileError
@@ -128,6 +130,17 @@ class ArchiveDataModule(BaseImageDataModule):
                 else:
                     path.unlink(missing_ok=True)
             raise
+
+    def _training_images(self) -> np.ndarray:
+        """The training split's images (validation held out), uint8 (N, H, W, 3)."""
+        source = self._require_source("train")
+        images, _ = self._source_tensors(source)
+        train_indices, _ = self._hold_out(len(source))
+        return images[train_indices].permute(0, 2, 3, 1).numpy()
+
+    def _fit_pixel_stats(self) -> PixelStats:
+        """Every pixel of the training split, cached in ``data_dir``."""
+        return array_pixel_stats(self._training_images(), self.data_dir)
 
     def _load_source(self, name: SourceName) -> Dataset | None:
         if name == "val":

@@ -16,15 +16,10 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from convrepro.data.archive import ArchiveDataModule
-from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca
-from convrepro.data.augment.views import (
-    PIXEL_SCALE,
-    SubtractMeanImage,
-    TenCropViews,
-    mean_image,
-)
+from convrepro.data.augment.views import TenCropViews, mean_image
 from convrepro.data.images import IMG_EXTENSIONS
-from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip, image_pipeline
+from convrepro.data.normalisation import Normalization
+from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip
 from convrepro.errors import ConfigError, MissingFileError
 
 Source = Literal["pickles", "folders"]
@@ -52,7 +47,9 @@ class CIFAR10DataModule(ArchiveDataModule):
 
     ``preprocessing: standard``: training images get the standard CIFAR augmentation, a random
     32x32 crop of the image zero-padded by ``crop_padding`` pixels and a random horizontal flip;
-    evaluation images are only normalized (CIFAR-10 training-set channel statistics).
+    evaluation images are only normalized (by default with CIFAR-10's channel statistics; the
+    papers' 0-255 scales with ``normalization: mean-rgb`` or ``mean-image``, whose mean image
+    is resized with the images).
     ``preprocessing: cuda-convnet``: the AlexNet paper's CIFAR-10 protocol
     (:mod:`convrepro.data.augment.views`): 0-255 pixels minus the training split's mean image,
     random 24x24 crops and flips for training, the centre 24x24 crop for validation, and for
@@ -69,17 +66,17 @@ class CIFAR10DataModule(ArchiveDataModule):
             arrays as the pickles, so the fast paths are the same; provenance records the
             sha256 of the files' contents.
         preprocessing: ``standard`` or ``cuda-convnet`` (above). With ``cuda-convnet``,
-            ``crop_padding``, ``resize`` and ``pca_lighting`` do not apply.
+            ``crop_padding``, ``resize`` and ``pca_lighting`` do not apply, and the
+            normalization is ``mean-image`` (its default).
         val_size: Training images held out for validation (default 45k/5k).
         crop_padding: Zero padding for the random crop; ``0`` disables cropping.
         resize: Resize every image (train and eval) to ``resize`` x ``resize`` after the crop
             and flip. ``227`` is the common way to run the ImageNet-sized AlexNet on CIFAR-10:
             the 32 px content is upsampled, not any more detailed, so results are not
             comparable with native-resolution CIFAR networks. ``None`` keeps 32 x 32.
-        pca_lighting: Standard deviation of AlexNet's PCA colour augmentation
-            (:class:`~convrepro.data.augment.PCALighting`; the paper's 0.1), fitted to the pixels
-            of the training split (held-out validation images excluded) and cached in
-            ``data_dir``. ``0`` switches it off.
+        normalization: ``channel-std`` (default), ``mean-rgb`` (VGG's) or ``mean-image``
+            (AlexNet's; the default with ``cuda-convnet``); see
+            :mod:`convrepro.data.normalisation`.
         **kwargs: Everything else of :class:`~convrepro.data.archive.ArchiveDataModule` and
             :class:`~convrepro.data.base.BaseImageDataModule` (batch size, workers, seed, ...).
     """
@@ -88,7 +85,9 @@ class CIFAR10DataModule(ArchiveDataModule):
     folder = CIFAR10.base_folder
     url = CIFAR10.url
     image_size = 32
-    input_protocol = ("preprocessing", "resize")
+    input_protocol = (*ArchiveDataModule.input_protocol, "preprocessing", "resize")
+    channel_stats = CIFAR10_STATS
+    normalizations = ("channel-std", "mean-rgb", "mean-image")
 
     def __init__(
         self,
@@ -98,7 +97,7 @@ class CIFAR10DataModule(ArchiveDataModule):
         preprocessing: Preprocessing = "standard",
         crop_padding: int = 4,
         resize: int | None = None,
-        pca_lighting: float = 0.0,
+        normalization: Normalization | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value, choices in (
@@ -108,31 +107,38 @@ class CIFAR10DataModule(ArchiveDataModule):
             if value not in get_args(choices):
                 valid = ", ".join(get_args(choices))
                 raise ConfigError(f"data.{name}={value!r} is not valid; choose one of {valid}")
-        if preprocessing == "cuda-convnet" and (resize is not None or pca_lighting):
-            raise ConfigError(
-                "data.preprocessing=cuda-convnet is cuda-convnet's own protocol (24x24 crops of "
-                "32x32 images, no colour augmentation): leave data.resize null and "
-                "data.pca_lighting 0"
-            )
+        if preprocessing == "cuda-convnet":
+            if (
+                resize is not None
+                or kwargs.get("pca_lighting")
+                or normalization
+                not in (
+                    None,
+                    "mean-image",
+                )
+            ):
+                raise ConfigError(
+                    "data.preprocessing=cuda-convnet is cuda-convnet's own protocol (24x24 crops "
+                    "of 32x32 images minus the mean image, no colour augmentation): leave "
+                    "data.resize null, data.pca_lighting 0 and data.normalization null or "
+                    "mean-image"
+                )
+            normalization = "mean-image"
         if crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {crop_padding}")
         if resize is not None and resize < 1:
             raise ConfigError(f"data.resize must be a positive size or null, got {resize}")
-        if pca_lighting < 0:
-            raise ConfigError(
-                f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
-            )
         if source == "folders":
             # Folders are read, never downloaded; the CLI passes download's default (true), so
             # a default here would not hold, and prepare_data would decode train/ as a check.
             kwargs["download"] = False
-        super().__init__(data_dir=data_dir, val_size=val_size, **kwargs)
+        super().__init__(
+            data_dir=data_dir, val_size=val_size, normalization=normalization, **kwargs
+        )
         self.source = source
         self.preprocessing = preprocessing
         self.crop_padding = crop_padding
         self.resize = resize
-        self.pca_lighting = pca_lighting
-        self._mean_image: Tensor | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -143,56 +149,35 @@ class CIFAR10DataModule(ArchiveDataModule):
         """Padded random crop, flip, optional resize, optional PCA lighting, normalize; or
         cuda-convnet's random 24x24 crop, flip, mean image subtracted."""
         if self.preprocessing == "cuda-convnet":
-            steps = [v2.RandomCrop(CUDA_CONVNET_CROP), *horizontal_flip(self.horizontal_flip)]
-            return self._cuda_convnet_pipeline(steps)
+            return self._pipeline(
+                [v2.RandomCrop(CUDA_CONVNET_CROP), *horizontal_flip(self.horizontal_flip)]
+            )
         crop = [v2.RandomCrop(32, padding=self.crop_padding)] if self.crop_padding else []
         steps = [*crop, *horizontal_flip(self.horizontal_flip), *self._resize()]
-        lighting = (
-            [PCALighting(self._training_pca(), self.pca_lighting)] if self.pca_lighting else []
-        )
-        return image_pipeline(steps, CIFAR10_STATS, colour_steps=lighting)
-
-    def _training_pca(self) -> RGBPCA:
-        """RGB principal axes of the training split's pixels (the paper's "training set")."""
-        return cached_rgb_pca(self._training_images(), self.data_dir)
-
-    def _training_images(self) -> np.ndarray:
-        """The training split's images (validation held out), uint8 (N, 32, 32, 3)."""
-        source = self._require_source("train")
-        train_indices, _ = self._hold_out(len(source))
-        return source.data[train_indices]
+        return self._pipeline(steps, augment=True)
 
     def eval_transform(self) -> v2.Compose:
         """Optional resize, normalize; or cuda-convnet's centre 24x24 crop minus the mean
         image."""
         if self.preprocessing == "cuda-convnet":
-            return self._cuda_convnet_pipeline([v2.CenterCrop(CUDA_CONVNET_CROP)])
-        return image_pipeline(self._resize(), CIFAR10_STATS)
+            return self._pipeline([v2.CenterCrop(CUDA_CONVNET_CROP)])
+        return self._pipeline(self._resize())
 
     def test_transform(self) -> v2.Compose:
         """The evaluation transform; with cuda-convnet's protocol, its 10 views per image
         (``--multiview-test=1``), each minus the mean image."""
         if self.preprocessing == "cuda-convnet":
-            return self._cuda_convnet_pipeline([TenCropViews(CUDA_CONVNET_CROP)])
+            return self._pipeline([TenCropViews(CUDA_CONVNET_CROP)])
         return self.eval_transform()
 
-    def _cuda_convnet_pipeline(self, steps: list[Any]) -> v2.Compose:
-        # The mean image of the images it trains on; cuda-convnet's own came with its batches.
-        if self._mean_image is None:
-            self._mean_image = mean_image(self._training_images(), CUDA_CONVNET_CROP)
-        return image_pipeline(
-            steps, PIXEL_SCALE, colour_steps=[SubtractMeanImage(self._mean_image)]
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        """cuda-convnet's mean image, saved in the checkpoints: the model's input protocol, so
-        that it tests and predicts without its training images
-        (:mod:`convrepro.data.trained_inputs`)."""
-        return {} if self._mean_image is None else {"mean_image": self._mean_image}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "mean_image" in state_dict:
-            self._mean_image = state_dict["mean_image"]
+    def _mean_image(self) -> Tensor:
+        """The training split's mean image at the network's input size: cuda-convnet's centre
+        24x24 of it (subtracted from every crop, wherever it was cut), else resized as the
+        images are."""
+        if self.preprocessing == "cuda-convnet":
+            return mean_image(self._training_images(), CUDA_CONVNET_CROP)
+        mean = mean_image(self._training_images(), 32)
+        return v2.functional.resize(mean, [self.resize, self.resize]) if self.resize else mean
 
     def _resize(self) -> list[v2.Transform]:
         return [v2.Resize((self.resize, self.resize))] if self.resize else []

@@ -14,7 +14,8 @@ from torchvision.transforms import v2
 from convrepro.data.augment.scales import TrainingScale
 from convrepro.data.base import BaseImageDataModule, SourceName, SplitView
 from convrepro.data.images import ImageFiles, describe_unreadable, find_unreadable
-from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip, image_pipeline
+from convrepro.data.pixel_stats import PixelStats, folder_pixel_stats
+from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip
 from convrepro.errors import ConfigError, MissingFileError
 
 # Eval resizes to image_size / 0.875 before the center crop: torchvision's 256 -> 224.
@@ -43,7 +44,10 @@ class ImageFolderDataModule(BaseImageDataModule):
     ``train_scale`` the VGG paper's isotropic rescaling to a training scale S and a random
     ``image_size`` crop; evaluation: ``Resize(resize_size)`` of the shorter side and
     ``CenterCrop(image_size)``; all normalize with ImageNet statistics (what pretrained
-    VGG/AlexNet weights expect).
+    VGG/AlexNet weights expect), or with ``normalization: mean-rgb`` as the VGG paper did: 0-255
+    pixels minus the training images' mean RGB value. ``pca_lighting`` adds the AlexNet/VGG
+    random colour shift to training images. Both fit to a seeded sample of up to 10,000
+    training images (:mod:`convrepro.data.pixel_stats`), cached in ``data_dir``.
 
     Test protocols (``model.test_protocol``: dense, multi-crop, multi-scale, ten-crop) need the
     test images larger than the network input; ``test_scale`` hands them over at shorter side Q.
@@ -80,7 +84,8 @@ class ImageFolderDataModule(BaseImageDataModule):
             (batch size, workers, seed, ...).
     """
 
-    input_protocol = ("image_size", "resize_size")
+    input_protocol = (*BaseImageDataModule.input_protocol, "image_size", "resize_size")
+    channel_stats = IMAGENET_STATS
 
     def __init__(
         self,
@@ -140,17 +145,18 @@ class ImageFolderDataModule(BaseImageDataModule):
         return list(self._class_names)
 
     def train_transform(self) -> v2.Compose:
-        """Random resized crop (or training scale S and random crop), flip, normalize."""
+        """Random resized crop (or training scale S and random crop), flip, optional PCA
+        lighting, normalize."""
         if self.training_scale is None:
             crop = [v2.RandomResizedCrop(self.image_size, scale=self.crop_scale)]
         else:
             crop = [self.training_scale, v2.RandomCrop(self.image_size)]
-        return image_pipeline([*crop, *horizontal_flip(self.horizontal_flip)], IMAGENET_STATS)
+        return self._pipeline([*crop, *horizontal_flip(self.horizontal_flip)], augment=True)
 
     def eval_transform(self) -> v2.Compose:
         """Resize the shorter side, center crop, normalize."""
         steps = [v2.Resize(self.resize_size), v2.CenterCrop(self.image_size)]
-        return image_pipeline(steps, IMAGENET_STATS)
+        return self._pipeline(steps)
 
     def test_transform(self) -> v2.Compose:
         """Shorter side ``test_scale``, central square unless ``test_whole_image``, normalize;
@@ -158,7 +164,17 @@ class ImageFolderDataModule(BaseImageDataModule):
         if self.test_scale is None:
             return self.eval_transform()
         square = [] if self.test_whole_image else [v2.CenterCrop(self.test_scale)]
-        return image_pipeline([v2.Resize(self.test_scale), *square], IMAGENET_STATS)
+        return self._pipeline([v2.Resize(self.test_scale), *square])
+
+    def _fit_pixel_stats(self) -> PixelStats:
+        """A seeded sample of the training images (validation held out), cached in
+        ``data_dir``."""
+        source = self._require_source("train")
+        assert isinstance(source, ImageFiles)
+        held_out = self._source("val") is None
+        indices = self._hold_out(len(source))[0] if held_out else range(len(source))
+        files = [source.samples[index][0] for index in indices]
+        return folder_pixel_stats(files, seed=self.seed, cache_dir=self.data_dir)
 
     def _build_split(self, name: str) -> SplitView:
         split = super()._build_split(name)

@@ -11,7 +11,7 @@ from torchvision.datasets import STL10
 from torchvision.transforms import v2
 
 from convrepro.data.archive import ArchiveDataModule
-from convrepro.data.transforms import STL10_STATS, horizontal_flip, image_pipeline
+from convrepro.data.transforms import STL10_STATS, horizontal_flip
 from convrepro.errors import ConfigError
 
 STL10_CLASSES = (
@@ -37,7 +37,7 @@ class STL10DataModule(ArchiveDataModule):
     224 px crops of images whose shorter side S is drawn from [256, 512], so a crop covers
     (224/512)^2 = 0.19 to (224/256)^2 = 0.77 of the image area; the upper bound is raised to the
     whole image because evaluation sees the whole 96 x 96 image (no train/test size mismatch).
-    Evaluation images are only normalized (STL-10 training-set channel statistics).
+    Evaluation images are only normalized (by default with STL-10's channel statistics).
 
     Args:
         data_dir: Folder that holds (or will hold) ``stl10_binary/``.
@@ -57,6 +57,7 @@ class STL10DataModule(ArchiveDataModule):
     folder = STL10.base_folder
     url = STL10.url
     image_size = 96
+    channel_stats = STL10_STATS
 
     def __init__(
         self,
@@ -86,7 +87,8 @@ class STL10DataModule(ArchiveDataModule):
         return list(STL10_CLASSES)
 
     def train_transform(self) -> v2.Compose:
-        """Random resized crop, flip, optional colour jitter, normalize."""
+        """Random resized crop, flip, optional colour jitter, optional PCA lighting,
+        normalize."""
         strength = self.color_jitter
         jitter = [v2.ColorJitter(strength, strength, strength)] if strength else []
         steps = [
@@ -94,11 +96,11 @@ class STL10DataModule(ArchiveDataModule):
             *horizontal_flip(self.horizontal_flip),
             *jitter,
         ]
-        return image_pipeline(steps, STL10_STATS)
+        return self._pipeline(steps, augment=True)
 
     def eval_transform(self) -> v2.Compose:
         """Normalize only."""
-        return image_pipeline([], STL10_STATS)
+        return self._pipeline([])
 
     def _torchvision_dataset(self, split: Literal["train", "test"], download: bool) -> Dataset:
         folds = self.fold if split == "train" else None

@@ -5,7 +5,7 @@
   path applies the same shift batch-wise (:mod:`convrepro.data.augment.batch`).
 """
 
-from convrepro.data.augment.lighting import RGBPCA, PCALighting, cached_rgb_pca, rgb_pca
+from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.augment.scales import TrainingScale
 
-__all__ = ["RGBPCA", "PCALighting", "TrainingScale", "cached_rgb_pca", "rgb_pca"]
+__all__ = ["PCALighting", "TrainingScale"]
