@@ -181,3 +181,29 @@ def test_log_posteriors_stay_finite_when_a_posterior_underflows():
     scores = TenCropEvaluation(crop_size=8)(Confident(), torch.rand(3, 3, 10, 10))
     assert torch.isfinite(scores).all()
     assert torch.isfinite(nn.functional.cross_entropy(scores, torch.tensor([1, 1, 1])))
+
+
+def test_crops_default_to_the_networks_input_size_and_a_mismatch_is_refused():
+    """The 227-input paper AlexNet tested on 224 crops would have its adaptive pool stretch a
+    5x5 map to 6x6 without a word; the crop size follows the network instead."""
+    from convrepro.models import AlexNet
+
+    paper, torchvision_variant = (
+        AlexNet("paper", num_classes=10),
+        AlexNet("torchvision", num_classes=10),
+    )
+    for backbone, size in ((paper, 227), (torchvision_variant, 224)):
+        protocol = TenCropEvaluation()
+        protocol.check(backbone)
+        assert protocol.crop_size == size
+    with pytest.raises(ValueError, match=r"crop_size=224, but AlexNet .* takes 227x227 inputs"):
+        TenCropEvaluation(224).check(paper)
+    TenCropEvaluation(227).check(paper)  # the right size, given explicitly
+    imagenet_head = MultiCropEvaluation()
+    imagenet_head.check(VGG("A", num_classes=10))
+    assert imagenet_head.crop_size == 224
+    with pytest.raises(ValueError, match=r"no fixed input size; give .*crop_size"):
+        MultiCropEvaluation().check(VGG("A", head="cifar", num_classes=10))
+    MultiCropEvaluation(crop_size=32).check(VGG("A", head="cifar", num_classes=10))
+    with pytest.raises(ValueError, match="takes 227x227"):
+        CombinedEvaluation([TenCropEvaluation(), MultiCropEvaluation(224)]).check(paper)

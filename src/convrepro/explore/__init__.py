@@ -22,7 +22,13 @@ from convrepro.explore.data import (
     image_grid,
     split_labels,
 )
-from convrepro.explore.models import LayerRow, count_flops, count_parameters, layer_table
+from convrepro.explore.models import (
+    LayerRow,
+    count_flops,
+    count_parameters,
+    layer_table,
+    lrn_regime,
+)
 from convrepro.explore.tables import MarkdownText, markdown_table
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "find_normalize",
     "image_grid",
     "layer_table",
+    "lrn_regime",
     "markdown_table",
     "split_labels",
 ]

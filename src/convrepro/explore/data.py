@@ -110,16 +110,24 @@ def find_normalize(transform: Any) -> v2.Normalize:
 
 
 def denormalize(images: Tensor, transform: Any) -> Tensor:
-    """Undo the ``Normalize`` step of ``transform``: images back to [0, 1] for display.
+    """Undo the input normalisation of ``transform``: images back to [0, 1] for display.
 
     ``images`` is (3, H, W) or (N, 3, H, W). The statistics come from the pipeline itself, so
-    each data set is de-normalised with the mean and std it was normalised with.
+    each data set is de-normalised with the mean and std it was normalised with, and a
+    subtracted mean image (``normalization: mean-image``) is added back.
     """
     normalize = find_normalize(transform)
     shape = (3, 1, 1)
     mean = torch.tensor(normalize.mean, dtype=images.dtype).view(shape)
     std = torch.tensor(normalize.std, dtype=images.dtype).view(shape)
-    return (images * std + mean).clamp(0.0, 1.0)
+    # A pipeline exists, so its package is imported already: no Lightning import here.
+    from convrepro.data.augment.views import SubtractMeanImage
+
+    restored = images * std + mean
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, SubtractMeanImage):
+            restored = restored + step.mean.to(images.dtype)
+    return restored.clamp(0.0, 1.0)
 
 
 def image_grid(

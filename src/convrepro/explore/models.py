@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from convrepro.models.layers import PaperLRN
+
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -74,3 +76,30 @@ def layer_table(model: nn.Module, input_size: int = 224) -> list[LayerRow]:
         for handle in handles:
             handle.remove()
     return rows
+
+
+@torch.no_grad()
+def lrn_regime(model: nn.Module, images: Tensor) -> dict[str, float]:
+    """For every :class:`~convrepro.models.PaperLRN` in ``model``, the mean over the batch of
+    ``alpha * sum(a^2) / k`` at its input while ``model`` classifies ``images`` (as the
+    network takes them, normalised): whether LRN acts there or is nearly a constant factor
+    (:meth:`~convrepro.models.PaperLRN.relative_response`)."""
+    found: dict[str, float] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, args, name=name: found.__setitem__(
+                name, module.relative_response(args[0]).mean().item()
+            )
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, PaperLRN)
+    ]
+    training = model.training
+    try:
+        model.eval()
+        model(images)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return found

@@ -22,6 +22,8 @@ CONV1_PADDING = {"paper": 0, "torchvision": 2}
 # Smallest input whose feature map survives the third 3x3 stride-2 max-pool:
 # paper (H - 11) // 4 + 1 >= 15 gives 67; torchvision pads conv1 by 2, giving 63.
 MIN_INPUT_SIZE = {"paper": 67, "torchvision": 63}
+#: The crop each variant is built for: conv1 unpadded (227 -> 55) or padded by 2 (224 -> 55).
+INPUT_SIZE = {"paper": 227, "torchvision": 224}
 
 
 class AlexNet(nn.Module):
@@ -78,6 +80,8 @@ class AlexNet(nn.Module):
         lrn = variant == "paper" if lrn is None else lrn
         init = init or ("paper" if variant == "paper" else "kaiming")
         self.min_input_size = MIN_INPUT_SIZE[variant]
+        #: The side of the square crops it is built for (evaluation crops default to it).
+        self.input_size = INPUT_SIZE[variant]
         self.arch_name = (
             f"AlexNet ({variant} variant, {'with' if lrn else 'no'} LRN, groups={groups}, "
             f"{num_classes} classes)"

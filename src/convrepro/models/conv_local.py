@@ -174,6 +174,8 @@ class ConvLocalNet(nn.Module):
         super().__init__()
         check_num_classes(num_classes)
         self.definition = "11pct" if lrn else "13pct"
+        #: The side of the square crops it takes (evaluation crops default to it).
+        self.input_size = INPUT_SIZE
         width = local3_filters or LOCAL3_FILTERS[self.definition]
         self.arch_name = (
             f"cuda-convnet conv-local ({self.definition}: {'with' if lrn else 'no'} LRN, "

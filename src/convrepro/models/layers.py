@@ -75,6 +75,14 @@ class PaperLRN(nn.Module):
             out = _CrossChannelLRN.apply(x.float(), band, self.alpha, self.beta, self.k)
         return out.to(x.dtype)
 
+    def relative_response(self, x: Tensor) -> Tensor:
+        """``alpha * sum(a_j^2) / k`` at every position of ``x``: how far the denominator is
+        from the constant ``k``. Near 0, LRN only scales by ``k ** -beta``; the papers' inputs
+        (0-255 pixels minus a mean) put it at 1e-2 and more where LRN acts."""
+        band = _channel_band(x.shape[1], self.size, self.groups, x.device)
+        squares = (x.float() ** 2).reshape(x.shape[0], x.shape[1], -1)
+        return (self.alpha / self.k) * torch.matmul(band, squares).view_as(x)
+
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.groups > 1 else ""
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{groups}"

@@ -139,6 +139,10 @@ class VGG(nn.Module):
         self.batch_norm = batch_norm
         self.head = head
         self.num_classes = num_classes
+        #: The side of the square crops it is built for (evaluation crops default to it): the
+        #: paper's 224 for the ImageNet head; none for the CIFAR head, whose global pool takes
+        #: any size from 32 px.
+        self.input_size = 224 if head == "imagenet" else None
         self.arch_name = (
             f"VGG-{config}{' with batch norm' if batch_norm else ''} ({head} head, "
             f"{num_classes} classes)"

@@ -6,7 +6,9 @@ notebooks and the benchmark when the real data is not on disk.
 
 With ``learnable=True`` an image's class is visible in it (a class colour and a class stripe
 direction, plus noise and brightness changes), so a tiny network beats chance within an epoch
-or two. Everything is a pure function of the arguments (``seed`` included).
+or two. With ``photo_like=True`` the images have no class content but the pixel statistics of
+photographs (see :func:`make_images`), for measuring what a network does at initialisation on
+realistic inputs. Everything is a pure function of the arguments (``seed`` included).
 
 torchvision checks the md5 sums of CIFAR-10/STL-10 files, which made-up files cannot match:
 see :mod:`convrepro.testing.integrity` for the one way to skip that check.
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from convrepro.data.cifar import CIFAR10_CLASSES
@@ -54,17 +58,23 @@ def make_images(
     size: tuple[int, int],
     *,
     learnable: bool = True,
+    photo_like: bool = False,
     seed: int = 0,
 ) -> np.ndarray:
     """``len(labels)`` RGB images as an N x H x W x 3 uint8 array.
 
     Learnable images: the class colour (hue ``label / num_classes``) modulated by stripes at
-    angle ``label * pi / num_classes``, with random brightness and pixel noise. Otherwise
-    uniform noise, unrelated to the labels.
+    angle ``label * pi / num_classes``, with random brightness and pixel noise. Photo-like
+    images (``photo_like``, unrelated to the labels): a random colour cast, smooth shading of
+    4x4 random values (mostly shared by the channels, as in photographs) and fine noise, with
+    pixel values spread like CIFAR-10's and ImageNet's (mean about 120, standard deviation
+    about 60 over all pixels). Otherwise uniform noise, unrelated to the labels.
     """
     rng = np.random.default_rng(seed)
     height, width = size
     count = len(labels)
+    if photo_like:
+        return _photo_like(rng, count, height, width)
     if not learnable:
         return rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
     rows, cols = np.mgrid[0:height, 0:width] / max(height, width)
@@ -80,6 +90,20 @@ def make_images(
     return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+def _photo_like(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+    cast = 120.0 + rng.normal(0.0, 30.0, (count, 1, 1, 1)) + rng.normal(0.0, 10.0, (count, 1, 1, 3))
+    shading = 56.0 * rng.standard_normal((count, 1, 4, 4)) + 12.0 * rng.standard_normal(
+        (count, 3, 4, 4)
+    )
+    smooth = F.interpolate(
+        torch.from_numpy(shading), size=(height, width), mode="bicubic", align_corners=False
+    )
+    images = (
+        cast + smooth.permute(0, 2, 3, 1).numpy() + rng.normal(0.0, 8.0, (count, height, width, 3))
+    )
+    return np.clip(images, 0, 255).round().astype(np.uint8)
+
+
 def balanced_labels(count: int, num_classes: int, seed: int) -> np.ndarray:
     """Every class equally often (up to one), in a seeded random order."""
     return np.random.default_rng(seed).permutation(np.arange(count) % num_classes)
@@ -91,6 +115,7 @@ def make_cifar10(
     n_test: int = 100,
     *,
     learnable: bool = True,
+    photo_like: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write ``<root>/cifar-10-batches-py/`` like the real CIFAR-10 python version; returns root.
@@ -106,7 +131,14 @@ def make_cifar10(
     num_classes = len(CIFAR10_CLASSES)
     for name, count, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
         labels = balanced_labels(count, num_classes, split_seed)
-        images = make_images(labels, num_classes, (32, 32), learnable=learnable, seed=split_seed)
+        images = make_images(
+            labels,
+            num_classes,
+            (32, 32),
+            learnable=learnable,
+            photo_like=photo_like,
+            seed=split_seed,
+        )
         planes = images.transpose(0, 3, 1, 2).reshape(count, 3072)
         if name == "train":
             batches = np.array_split(np.arange(count), CIFAR_TRAIN_BATCHES)
@@ -201,6 +233,7 @@ def make_image_folder(
     splits: Sequence[str] = ("train", "test"),
     size: tuple[int, int] = (40, 48),
     learnable: bool = True,
+    photo_like: bool = False,
     with_bad_files: bool = False,
     seed: int = 0,
 ) -> Path:
@@ -216,7 +249,9 @@ def make_image_folder(
     for split_number, split in enumerate(splits):
         split_seed = seed + 100 * split_number
         labels = np.repeat(np.arange(len(classes)), n_per_class)
-        images = make_images(labels, len(classes), size, learnable=learnable, seed=split_seed)
+        images = make_images(
+            labels, len(classes), size, learnable=learnable, photo_like=photo_like, seed=split_seed
+        )
         for position, (label, image) in enumerate(zip(labels, images, strict=True)):
             folder = root / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)

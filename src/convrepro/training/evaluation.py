@@ -98,12 +98,32 @@ class DenseEvaluation(EvaluationProtocol):
 class _CropEvaluation(EvaluationProtocol):
     """Posteriors averaged over square crops at given positions, their flips, and scales."""
 
-    def __init__(self, crop_size: int, flip: bool, scales: Sequence[int] | None) -> None:
-        if crop_size < 1:
+    def __init__(self, crop_size: int | None, flip: bool, scales: Sequence[int] | None) -> None:
+        if crop_size is not None and crop_size < 1:
             raise ConfigError(f"model.test_protocol: crop_size must be positive, got {crop_size}")
         self.crop_size = crop_size
         self.flip = flip
         self.scales = _check_scales(scales)
+
+    def check(self, backbone: nn.Module) -> None:
+        """Crop at the backbone's input size (``input_size``): by default, and a different
+        ``crop_size`` is refused, since an adaptive pool would silently stretch or shrink the
+        feature map it was trained on."""
+        built_for = getattr(backbone, "input_size", None)
+        name = getattr(backbone, "arch_name", type(backbone).__name__)
+        if self.crop_size is None:
+            if built_for is None:
+                raise ConfigError(
+                    f"{type(self).__name__}: {name} has no fixed input size; give "
+                    "model.test_protocol.init_args.crop_size (the size it was trained on)"
+                )
+            self.crop_size = built_for
+        elif built_for is not None and self.crop_size != built_for:
+            raise ConfigError(
+                f"{type(self).__name__}: crop_size={self.crop_size}, but {name} takes "
+                f"{built_for}x{built_for} inputs: set crop_size to {built_for} or leave it out "
+                "(it defaults to the network's input size)"
+            )
 
     @abstractmethod
     def crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
@@ -119,6 +139,8 @@ class _CropEvaluation(EvaluationProtocol):
         )
 
     def _crops(self, images: Tensor) -> Iterator[Tensor]:
+        if self.crop_size is None:
+            raise RuntimeError("check(backbone) sets the crop size before the first test batch")
         height, width = images.shape[-2:]
         if min(height, width) < self.crop_size:
             raise ConfigError(
@@ -139,7 +161,8 @@ class MultiCropEvaluation(_CropEvaluation):
     with dense evaluation (:class:`CombinedEvaluation`) is better than either alone.
 
     Args:
-        crop_size: Side of the square crops (the network's input size).
+        crop_size: Side of the square crops; ``None``: the network's input size
+            (``backbone.input_size``; 224 for VGG's ImageNet head), the only size it accepts.
         grid: Crops per row and per column, evenly spaced from one border to the other;
             1 is the center crop.
         flip: Also evaluate the horizontal flip of every crop.
@@ -148,7 +171,7 @@ class MultiCropEvaluation(_CropEvaluation):
 
     def __init__(
         self,
-        crop_size: int = 224,
+        crop_size: int | None = None,
         grid: int = 5,
         flip: bool = True,
         scales: Sequence[int] | None = None,
@@ -174,11 +197,13 @@ class TenCropEvaluation(_CropEvaluation):
     are those of torchvision's ``TenCrop``.
 
     Args:
-        crop_size: Side of the square crops (224 in the paper's text; 227 for the paper
-            variant of :class:`convrepro.models.AlexNet`, whose conv1 has no padding).
+        crop_size: Side of the square crops; ``None``: the network's input size
+            (``backbone.input_size``): 227 for the paper variant of
+            :class:`convrepro.models.AlexNet`, whose conv1 has no padding (the paper's text says
+            224), 224 for torchvision's. Another size than the network's is an error.
     """
 
-    def __init__(self, crop_size: int = 224) -> None:
+    def __init__(self, crop_size: int | None = None) -> None:
         super().__init__(crop_size, flip=True, scales=None)
 
     def crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
