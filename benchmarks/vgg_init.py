@@ -16,76 +16,15 @@ non-finite one. Writes ``<out>/vgg_init_<device>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from common import device, device_name
-
-from convrepro.cli import ConvReproCLI
+from paper_scale import WINDOW, header, record, short_run, step_label
 
 CONFIG = "configs/paper/vgg11_imagenet.yaml"
 STDS = (0.1, 0.01)
-#: Steps averaged for the loss at the start and at the end of a run.
-WINDOW = 20
-
-
-def train(data: str, std: float, steps: int, batch_size: int) -> dict[str, Any]:
-    cli = ConvReproCLI(
-        args=[
-            "--config",
-            CONFIG,
-            "--seed_everything=0",
-            f"--data.init_args.data_dir={data}",
-            "--data.init_args.test_split=test",
-            f"--data.init_args.batch_size={batch_size}",
-            "--data.init_args.num_workers=1",
-            f"--model.backbone.init_args.init_std={std}",
-            "--trainer.logger=false",
-        ],
-        run=False,
-    )
-    model, datamodule = cli.model, cli.datamodule
-    model.trainer = cli.trainer
-    optimizer = model.configure_optimizers()["optimizer"]
-    datamodule.setup("fit")
-    on = device()
-    model.to(on).train()
-    losses: list[float] = []
-    first_bad = None
-    started = time.perf_counter()
-    batches = iter(datamodule.train_dataloader())
-    for step in range(steps):
-        images, labels = (tensor.to(on) for tensor in next(batches))
-        logits = model(images)
-        if step == 0:
-            initial_logit_std = logits.detach().float().std().item()
-        loss = F.cross_entropy(logits, labels)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            first_bad = step
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - started
-    finite = [value for value in losses if math.isfinite(value)]
-    return {
-        "init_std": std,
-        "steps_run": len(losses),
-        "initial_logit_std": initial_logit_std,
-        "first_non_finite_step": first_bad,
-        "loss_first": statistics.fmean(finite[:WINDOW]) if finite else None,
-        "loss_last": statistics.fmean(finite[-WINDOW:]) if first_bad is None else None,
-        "seconds": round(seconds, 1),
-        "losses": losses,
-    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -104,7 +43,7 @@ def markdown(report: dict[str, Any]) -> str:
         last = run["loss_last"]
         lines.append(
             f"| {run['init_std']} | {run['initial_logit_std']:.3g} | "
-            f"{'never' if bad is None else f'step {bad}'} | {run['loss_first']:.3f} | "
+            f"{step_label(bad)} | {run['loss_first']:.3f} | "
             f"{'-' if last is None else f'{last:.3f}'} |"
         )
     return "\n".join(lines) + "\n"
@@ -119,25 +58,36 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = [train(args.data, std, args.steps, args.batch_size) for std in STDS]
+    runs = [
+        {
+            "init_std": std,
+            **short_run(
+                CONFIG,
+                [
+                    f"--data.init_args.data_dir={args.data}",
+                    "--data.init_args.test_split=test",
+                    f"--model.backbone.init_args.init_std={std}",
+                ],
+                args.steps,
+                args.batch_size,
+            ),
+        }
+        for std in STDS
+    ]
     classes = len([p for p in (Path(args.data) / "train").iterdir() if p.is_dir()])
+    command = (
+        "python benchmarks/vgg_init.py "
+        f"--data {args.data} --steps {args.steps} --batch-size {args.batch_size}"
+    )
     report = {
-        "command": "python benchmarks/vgg_init.py "
-        f"--data {args.data} --steps {args.steps} --batch-size {args.batch_size}",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_name(device()),
+        **header({"command": command}),
         "data": args.data,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "chance_loss": math.log(classes),
         "runs": runs,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"vgg_init_{device().type}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    record("vgg_init", report, markdown(report), args.out)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,19 @@ def test_crop_offsets_and_flip_rate_match_the_pil_path():
 STATISTICS_CASES = {
     "cifar-crop-flip-resize": (lambda root: cifar(root, False, resize=36), 32, 20, 0.025),
     "cifar-pca-lighting": (lambda root: cifar(root, False, pca_lighting=0.1), 32, 20, 0.025),
+    # The papers' 0-255 scales: the same margin in pixel units (x 255 / ~60).
+    "cifar-mean-rgb-lighting": (
+        lambda root: cifar(root, False, normalization="mean-rgb", pca_lighting=0.1),
+        32,
+        20,
+        1.5,
+    ),
+    "cifar-mean-image-resize": (
+        lambda root: cifar(root, False, normalization="mean-image", resize=36),
+        32,
+        20,
+        1.5,
+    ),
     "stl10-crop-flip": (lambda root: STL10DataModule(data_dir=str(root)), 96, 10, 0.01),
     "stl10-jitter": (
         lambda root: STL10DataModule(data_dir=str(root), color_jitter=0.4),

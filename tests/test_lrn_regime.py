@@ -11,6 +11,7 @@ comment.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,42 @@ def test_a_unit_scale_input_is_caught_and_a_declaration_is_read(tmp_path):
     assert declared_regime(config) == "cuda-convnet's init, tiny at first; grows"
     config.write_text("# header only\n")
     assert declared_regime(config) is None
+
+
+TRAINS_AT_PAPER_SCALE = [
+    "configs/alexnet_cifar.yaml",
+    "configs/alexnet_nolrn_cifar.yaml",
+    "configs/vgg11_lrn_cifar.yaml",
+    "configs/conv_local_cifar.yaml",
+]
+
+
+@pytest.fixture(scope="module")
+def learnable_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learnable")
+    make_cifar10(root / "cifar", n_train=400, n_test=10)
+    return root
+
+
+@pytest.mark.parametrize("config", TRAINS_AT_PAPER_SCALE)
+def test_the_lrn_configs_train_at_the_papers_scale(config, learnable_data, monkeypatch):
+    """Their initialisation suits 0-255 inputs: the config's own optimiser lowers the loss on
+    made-up images whose class is visible, without overflowing."""
+    skip_md5_checks(monkeypatch)
+    monkeypatch.chdir(learnable_data)
+    torch.manual_seed(0)
+    built = _build(REPO / config, ["--data.init_args.crop_padding=0"], learnable_data, batch=32)
+    model, datamodule = built.model, built.datamodule
+    model.trainer = built.trainer
+    optimizer = model.configure_optimizers()["optimizer"]
+    datamodule.setup("fit")
+    losses = []
+    for images, labels in datamodule.train_dataloader():
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print(config, [round(x, 3) for x in losses])
+    assert all(map(math.isfinite, losses)), losses
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses

@@ -29,9 +29,17 @@ PETS_ARGS = [
     "--data.init_args.num_workers=0",
     "--trainer.log_every_n_steps=1",
 ]
-TRAINED_SIZE = ["--data.init_args.image_size=32", "--data.init_args.resize_size=36"]
-# A config that says another input size than the model was trained with.
-OTHER_SIZE = ["--data.init_args.image_size=64", "--data.init_args.resize_size=72"]
+TRAINED_SIZE = [
+    "--data.init_args.image_size=32",
+    "--data.init_args.resize_size=36",
+    "--data.init_args.normalization=mean-rgb",
+]
+# A config that says another input size and scale than the model was trained with.
+OTHER_SIZE = [
+    "--data.init_args.image_size=64",
+    "--data.init_args.resize_size=72",
+    "--data.init_args.normalization=channel-std",
+]
 CONV_LOCAL_ARGS = [
     "--config",
     str(ROOT / "configs" / "conv_local_cifar.yaml"),
@@ -71,6 +79,8 @@ def test_an_image_folder_model_needs_no_training_folder(tmp_path, monkeypatch, c
     in_workdir(tmp_path, monkeypatch)
     cli("fit", *PETS_ARGS, *TRAINED_SIZE, "--trainer.max_epochs=1")
     run = only_run(tmp_path, "vgg16_pets")
+    saved = torch.load(run.checkpoints / "best.ckpt", weights_only=True)
+    assert saved["ImageFolderDataModule"]["pixel_stats"]["images"] == 24 - 6  # train, not val
     accuracy, predicted = scores_and_predictions(PETS_ARGS + TRAINED_SIZE, run, photos)
 
     # The training images are gone, and the config now says another input size.
@@ -83,6 +93,7 @@ def test_an_image_folder_model_needs_no_training_folder(tmp_path, monkeypatch, c
     # The records say what ran: the checkpoint's protocol and classes, not the config's.
     recorded = yaml.safe_load(run.config("predict").read_text())["data"]["init_args"]
     assert (recorded["image_size"], recorded["resize_size"]) == (32, 36)
+    assert recorded["normalization"] == "mean-rgb"  # with the training split's mean RGB
     assert recorded["class_names"] == list(CLASSES)
 
     # Training still needs the training folder, and one of the same classes.
