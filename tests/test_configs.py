@@ -12,7 +12,6 @@ import torch
 import torchvision
 
 from convrepro.cli import ConvReproCLI
-from convrepro.models import weights as weights_module
 from convrepro.testing import make_cifar10, make_image_folder, make_stl10, skip_md5_checks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +36,11 @@ FAST_SWITCHES = {
 }
 PAIRS = {
     ("alexnet_cifar", "alexnet_nolrn_cifar"): {"model.backbone.init_args.lrn": (True, False)},
-    ("vgg11_cifar", "vgg11_lrn_cifar"): {"model.backbone.init_args.config": ("A", "A-LRN")},
+    # A-LRN at the paper's input scale, where LRN acts (tests/test_lrn_regime.py).
+    ("vgg11_cifar", "vgg11_lrn_cifar"): {
+        "model.backbone.init_args.config": ("A", "A-LRN"),
+        "data.init_args.normalization": (None, "mean-rgb"),
+    },
     ("vgg16_cifar", "vgg16_cifar_fast"): FAST_SWITCHES,
     ("vgg16_bn_cifar", "vgg16_bn_cifar_fast"): FAST_SWITCHES,
 }
@@ -62,17 +65,6 @@ def _resolved(name: str) -> dict[str, Any]:
 def _datamodule_name(config: Path) -> str:
     text = config.read_text()
     return next(name for name in MAKERS if f"convrepro.data.{name}" in text)
-
-
-@pytest.fixture
-def fake_imagenet_download(monkeypatch):
-    """The torchvision weights path, with the download replaced by a randomly initialised model."""
-
-    def download(entry):
-        builder = getattr(torchvision.models, entry.url.rsplit("/", 1)[-1].split("-")[0])
-        return builder(weights=None).state_dict()
-
-    monkeypatch.setattr(weights_module, "_download", download)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
