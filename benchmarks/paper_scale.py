@@ -148,7 +148,7 @@ def markdown(report: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=200)
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = [f"--{setting}" for setting in args.set]
     command = (
@@ -170,6 +170,7 @@ def main() -> None:
         "run": short_run(args.config, settings, args.steps, args.batch_size),
     }
     record(f"paper_scale_{Path(args.config).stem}", report, markdown(report), args.out)
+    return report
 
 
 if __name__ == "__main__":

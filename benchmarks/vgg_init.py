@@ -49,14 +49,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="image folders: train/ and test/")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = [
         {
@@ -67,6 +68,7 @@ def main() -> None:
                     f"--data.init_args.data_dir={args.data}",
                     "--data.init_args.test_split=test",
                     f"--model.backbone.init_args.init_std={std}",
+                    *(f"--{setting}" for setting in args.set),
                 ],
                 args.steps,
                 args.batch_size,
@@ -78,6 +80,7 @@ def main() -> None:
     command = (
         "python benchmarks/vgg_init.py "
         f"--data {args.data} --steps {args.steps} --batch-size {args.batch_size}"
+        + "".join(f" --set {setting}" for setting in args.set)
     )
     report = {
         **header({"command": command}),
@@ -88,6 +91,7 @@ def main() -> None:
         "runs": runs,
     }
     record("vgg_init", report, markdown(report), args.out)
+    return report
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from convrepro.data import CIFAR10DataModule
 from convrepro.models import VGG
-from convrepro.testing import accepting_made_up_files, make_cifar10
+from convrepro.testing import (
+    accepting_made_up_files,
+    make_cifar10,
+    make_cifar10_folders,
+    make_image_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("plain", "lightning", "fast")
@@ -199,3 +204,64 @@ def test_readme_lrn_speed_table_is_the_committed_benchmark_record():
     """The README's LRN timings are a copy of what benchmarks/lrn.py wrote, not typed."""
     record = (ROOT / "benchmarks" / "results" / "lrn_cpu.md").read_text().strip()
     assert record in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow  # VGG A at 224 px, twice
+def test_the_vgg_init_and_paper_scale_runs_record_what_happened(tmp_path, scripts_importable):
+    import paper_scale
+    import vgg_init
+
+    folders = make_image_folder(tmp_path / "photos", n_per_class=6, splits=("train", "test"))
+    report = vgg_init.main(
+        [
+            f"--data={folders}",
+            "--steps=2",
+            "--batch-size=2",
+            "--set=data.init_args.val_size=2",
+            f"--out={tmp_path}",
+        ]
+    )
+    literal, caffe = report["runs"]
+    assert (literal["init_std"], caffe["init_std"]) == (0.1, 0.01)
+    assert literal["initial_logit_std"] > 1e3 * caffe["initial_logit_std"]  # the blow-up
+    assert caffe["steps_run"] == 2 and caffe["first_non_finite_step"] is None
+    assert json.loads((tmp_path / "vgg_init_cpu.json").read_text())["runs"][1] == caffe
+    assert "| 0.01 |" in (tmp_path / "vgg_init_cpu.md").read_text()
+
+    cifar = make_cifar10_folders(tmp_path / "cifar", n_train=60, n_test=10)
+    report = paper_scale.main(
+        [
+            "--config=configs/conv_local_cifar.yaml",
+            "--steps=3",
+            "--batch-size=8",
+            "--set=data.init_args.source=folders",
+            f"--set=data.init_args.data_dir={cifar}",
+            "--set=data.init_args.val_size=10",
+            f"--out={tmp_path}",
+        ]
+    )
+    run = report["run"]
+    assert run["steps_run"] == 3 and all(map(math.isfinite, run["losses"]))
+    assert set(run["lrn_regime_before"]) == {
+        "backbone.features.rnorm1",
+        "backbone.features.rnorm2",
+    }
+    assert run["lrn_regime_after"]["backbone.features.rnorm1"] > 0
+    saved = (tmp_path / "paper_scale_conv_local_cifar_cpu.md").read_text()
+    assert "alpha * sum(a^2) / k, initialisation" in saved
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "vgg_init_cpu.md",
+        *(
+            f"paper_scale_{n}_cpu.md"
+            for n in ("vgg11_lrn_cifar", "conv_local_cifar", "alexnet_cifar")
+        ),
+    ],
+)
+def test_readme_input_scale_figures_are_the_committed_records(record):
+    """The README's input-scale and VGG-init figures are copies of what the scripts wrote."""
+    text = (ROOT / "benchmarks" / "results" / record).read_text().strip()
+    assert text in (ROOT / "README.md").read_text()

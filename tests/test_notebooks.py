@@ -139,8 +139,12 @@ def test_data_notebook_reads_data_on_disk_and_makes_up_what_is_missing(kernel, t
 @pytest.mark.scripts
 @pytest.mark.slow
 def test_models_notebook_matches_the_papers_parameter_counts(kernel, tmp_path):
-    text = execute(kernel, "02_models.ipynb", tmp_path)
+    text = execute(kernel, "02_models.ipynb", tmp_path, REPO=str(ROOT))
     assert "parameter counts match the paper's Table 2 and torchvision" in text
+    # The LRN configs, built by the CLI as a library: LRN acts at their input scale, not at 1/255.
+    assert "LRN acts at the papers' input scale in the VGG and AlexNet configs" in text
+    assert "| vgg11_lrn_cifar | backbone.features.1.1 | mean-rgb |" in text
+    assert "| conv_local_cifar | backbone.features.rnorm1 | mean-image |" in text
     # config | parameters | millions | paper (M) | torchvision | GFLOPs | GMACs | torchvision GMACs
     assert "| D | 138,357,544 | 138.4 | 138 | 138,357,544 | 30.94 | 15.47 | 15.47 |" in text
     assert "| C | 133,638,952 | 133.6 | 134 |  |" in text
