@@ -43,6 +43,7 @@ class ArchiveDataModule(BaseImageDataModule):
     folder: ClassVar[str]  # what the archive extracts to inside data_dir
     url: ClassVar[str]
     image_size: ClassVar[int]  # side of the data set's square images
+    normalizations = ("channel-std", "mean-rgb")
 
     def __init__(
         self, *, download: bool = True, device_resident: bool = False, **kwargs: Any

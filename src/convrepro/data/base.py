@@ -27,9 +27,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
-from torchvision.transforms import v2
 
-from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.images import (
     UNLABELLED,
     ImageFiles,
@@ -37,18 +35,17 @@ from convrepro.data.images import (
     find_unreadable,
     image_files_under,
 )
-from convrepro.data.normalisation import Normalization, input_normalisation
-from convrepro.data.pixel_stats import PixelStats
+from convrepro.data.normalisation import InputNormalisation, Normalization
 from convrepro.data.samples import SourceName, SplitView
 from convrepro.data.sampling import (
     SPLIT_STREAM,
     ShardedEvalBatchSampler,
     ShuffledShardSampler,
+    check_val_size,
     derive_seed,
     torch_seed,
 )
-from convrepro.data.transforms import ChannelStats, image_pipeline
-from convrepro.errors import ConfigError, MissingFileError, SettingTypeError
+from convrepro.errors import ConfigError, MissingFileError
 
 SplitName = Literal["train", "val", "test", "predict"]
 
@@ -63,7 +60,7 @@ _SPLITS_OF_STAGE: dict[str | None, tuple[str, ...]] = {
 MAX_DEFAULT_WORKERS = 8
 
 
-class BaseImageDataModule(LightningDataModule, ABC):
+class BaseImageDataModule(InputNormalisation, LightningDataModule, ABC):
     """Base of the image-classification datamodules (train / val / test / predict).
 
     Args:
@@ -86,17 +83,12 @@ class BaseImageDataModule(LightningDataModule, ABC):
             or a folder, searched recursively, of unlabelled images in any format the image
             folders read. Each gets :meth:`predict_transform` (the test transform, sized for
             the network). Unreadable files are listed and skipped.
-        normalization: The network's input scale (:mod:`convrepro.data.normalisation`):
-            ``channel-std`` (pixels / 255, minus the data set's channel means, divided by its
-            channel standard deviations: today's common practice, inputs of order 1),
-            ``mean-rgb`` (0-255 pixels minus the training split's mean RGB value: the VGG
-            paper's), ``mean-image`` (0-255 pixels minus the training split's mean image: the
-            AlexNet paper's and cuda-convnet's; fixed-size data sets only). ``None``: the data
-            set's default, ``channel-std`` unless a preprocessing implies another.
-        pca_lighting: Standard deviation of AlexNet's PCA colour augmentation on training
-            images (:class:`~convrepro.data.augment.PCALighting`; the paper's 0.1, which VGG
-            reuses), along the RGB principal axes of the training split
-            (:mod:`convrepro.data.pixel_stats`). ``0`` switches it off.
+        normalization: The input scale (:mod:`convrepro.data.normalisation`): ``channel-std``
+            (today's unit scale), ``mean-rgb`` (VGG's 0-255 minus the mean RGB value) or
+            ``mean-image`` (AlexNet's 0-255 minus the mean image); ``None``: the data set's
+            default. Fitted on the training split, carried in checkpoints.
+        pca_lighting: Std of AlexNet's PCA colour shift on training images
+            (:class:`~convrepro.data.augment.PCALighting`; the papers' 0.1); ``0``: off.
 
     Training batches are shuffled per epoch and the last incomplete batch is dropped: a tiny
     last batch gives noisy BatchNorm statistics and an odd-sized step, and as the permutation
@@ -112,10 +104,6 @@ class BaseImageDataModule(LightningDataModule, ABC):
     #: The ``__init__`` settings that decide what the network's input looks like (size, crop,
     #: preprocessing): ``test`` and ``predict`` of a trained model take them from its checkpoint.
     input_protocol: ClassVar[tuple[str, ...]] = ("normalization",)
-    #: The data set's own channel statistics, for ``normalization: channel-std``.
-    channel_stats: ClassVar[ChannelStats]
-    #: The ``normalization`` settings the data set supports.
-    normalizations: ClassVar[tuple[Normalization, ...]] = ("channel-std", "mean-rgb")
 
     def __init__(
         self,
@@ -136,17 +124,8 @@ class BaseImageDataModule(LightningDataModule, ABC):
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 or null, got {num_workers}")
-        _check_val_size(val_size)
-        normalization = normalization or "channel-std"
-        if normalization not in self.normalizations:
-            raise ConfigError(
-                f"data.normalization={normalization!r} is not available for "
-                f"{type(self).__name__}; choose one of {', '.join(self.normalizations)}"
-            )
-        if pca_lighting < 0:
-            raise ConfigError(
-                f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
-            )
+        check_val_size(val_size)
+        self._init_normalisation(normalization, pca_lighting)
         self.save_hyperparameters(logger=False)
         self.data_dir = data_dir
         self.val_size = val_size
@@ -157,11 +136,6 @@ class BaseImageDataModule(LightningDataModule, ABC):
         self.seed = seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.horizontal_flip = horizontal_flip
         self.predict_path = predict_path
-        self.normalization: Normalization = normalization
-        self.pca_lighting = pca_lighting
-        #: What was fitted to the training images (pixel statistics, a mean image): the
-        #: checkpoint carries it (:meth:`state_dict`).
-        self.fitted_inputs: dict[str, Any] = {}
         self.splits: dict[str, SplitView] = {}
         #: Unreadable image files left out so far, with the reason: the run folder lists them.
         self.skipped_files: dict[str, str] = {}
@@ -198,15 +172,6 @@ class BaseImageDataModule(LightningDataModule, ABC):
         return self.test_transform()
 
     @abstractmethod
-    def _fit_pixel_stats(self) -> PixelStats:
-        """:class:`PixelStats` of the training split's images (validation held out)."""
-
-    def _mean_image(self) -> Tensor:
-        """The training split's mean image in [0, 1] at the network's input size, (3, H, W),
-        for data sets whose ``normalizations`` include ``mean-image``."""
-        raise NotImplementedError(f"{type(self).__name__} has no mean image")
-
-    @abstractmethod
     def _load_source(self, name: SourceName) -> Dataset | None:
         """The untransformed ``(image, label)`` data set ``name``; ``None`` for ``"val"`` when
         the data set has no separate validation images (it is then held out from train)."""
@@ -214,45 +179,6 @@ class BaseImageDataModule(LightningDataModule, ABC):
     def _sample_name(self, source_name: SourceName, index: int) -> str:
         """A readable id of sample ``index`` of a source, for prediction files."""
         return f"{source_name}/{index:05d}"
-
-    # Input normalisation and what it is fitted to.
-
-    def _pipeline(
-        self, steps: Sequence[Callable[[Tensor], Tensor]], *, augment: bool = False
-    ) -> v2.Compose:
-        """An :func:`~convrepro.data.transforms.image_pipeline` of ``steps`` (the geometric
-        ones, on uint8 images), then PCA lighting if ``augment``, then this data module's
-        input normalisation."""
-        lighting = (
-            [PCALighting(self.training_pixels().pca, self.pca_lighting)]
-            if augment and self.pca_lighting
-            else []
-        )
-        stats, subtract = input_normalisation(
-            self.normalization, self.channel_stats, self.training_pixels, self._mean_image_of
-        )
-        return image_pipeline(steps, stats, colour_steps=[*lighting, *subtract])
-
-    def training_pixels(self) -> PixelStats:
-        """Mean RGB value and RGB principal axes of the training split: from the checkpoint
-        when a trained model is tested, else fitted (and cached next to the data)."""
-        if "pixel_stats" not in self.fitted_inputs:
-            self.fitted_inputs["pixel_stats"] = self._fit_pixel_stats().as_dict()
-        return PixelStats.from_dict(self.fitted_inputs["pixel_stats"])
-
-    def _mean_image_of(self) -> Tensor:
-        if "mean_image" not in self.fitted_inputs:
-            self.fitted_inputs["mean_image"] = self._mean_image()
-        return self.fitted_inputs["mean_image"]
-
-    def state_dict(self) -> dict[str, Any]:
-        """What the transforms fitted to the training images, saved in every checkpoint: the
-        model's input protocol, so that it tests and predicts without its training images
-        (:mod:`convrepro.data.trained_inputs`)."""
-        return dict(self.fitted_inputs)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fitted_inputs.update(state_dict)
 
     # Device layout.
 
@@ -468,15 +394,3 @@ class BaseImageDataModule(LightningDataModule, ABC):
                 f"{type(self).__name__} shards the data over devices itself: run the Trainer "
                 "with use_distributed_sampler=False (trainer.use_distributed_sampler: false)"
             )
-
-
-def _check_val_size(val_size: int | float) -> None:
-    if isinstance(val_size, bool) or not isinstance(val_size, int | float):
-        raise SettingTypeError(f"data.val_size must be a count or a fraction, got {val_size!r}")
-    if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-        raise ConfigError(
-            f"data.val_size={val_size} as a fraction must be in [0, 1); "
-            "give a whole number for a count of images"
-        )
-    if isinstance(val_size, int) and val_size < 0:
-        raise ConfigError(f"data.val_size must not be negative, got {val_size}")

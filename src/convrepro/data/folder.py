@@ -86,6 +86,7 @@ class ImageFolderDataModule(BaseImageDataModule):
 
     input_protocol = (*BaseImageDataModule.input_protocol, "image_size", "resize_size")
     channel_stats = IMAGENET_STATS
+    normalizations = ("channel-std", "mean-rgb")
 
     def __init__(
         self,

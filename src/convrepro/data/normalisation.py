@@ -21,29 +21,95 @@ factor; configurations that ablate LRN as a paper did use the papers' scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
+from torchvision.transforms import v2
 
+from convrepro.data.augment.lighting import PCALighting
 from convrepro.data.augment.views import PIXEL_SCALE, SubtractMeanImage
 from convrepro.data.pixel_stats import PixelStats
-from convrepro.data.transforms import ChannelStats
+from convrepro.data.transforms import ChannelStats, image_pipeline
+from convrepro.errors import ConfigError
 
 Normalization = Literal["channel-std", "mean-rgb", "mean-image"]
 
 
-def input_normalisation(
-    normalization: Normalization,
-    channel_stats: ChannelStats,
-    training_pixels: Callable[[], PixelStats],
-    mean_image: Callable[[], Tensor],
-) -> tuple[ChannelStats, list[SubtractMeanImage]]:
-    """The pipeline's final ``Normalize`` statistics and the colour steps before it for
-    ``normalization``; ``training_pixels`` and ``mean_image`` are only called when needed (they
-    read the training images, or a checkpoint)."""
-    if normalization == "channel-std":
-        return channel_stats, []
-    if normalization == "mean-rgb":
-        return ChannelStats(mean=training_pixels().mean, std=PIXEL_SCALE.std), []
-    return PIXEL_SCALE, [SubtractMeanImage(mean_image())]
+class InputNormalisation:
+    """How a datamodule's pipelines end, and what it fits to its training images for that:
+    PCA lighting on training images, then the ``normalization`` above. Mixed into
+    :class:`~convrepro.data.base.BaseImageDataModule`, which takes both settings.
+
+    A data set provides its ``channel_stats``, lists the ``normalizations`` it supports and
+    implements what they need: :meth:`_fit_pixel_stats` (``mean-rgb``, PCA lighting) and
+    :meth:`_mean_image` (``mean-image``). What was fitted (:attr:`fitted_inputs`) is the
+    datamodule's checkpoint state.
+    """
+
+    #: The data set's own channel statistics, for ``normalization: channel-std``.
+    channel_stats: ClassVar[ChannelStats]
+    #: The ``normalization`` settings the data set supports.
+    normalizations: ClassVar[tuple[Normalization, ...]] = ("channel-std",)
+
+    def _init_normalisation(self, normalization: Normalization | None, pca_lighting: float) -> None:
+        normalization = normalization or "channel-std"
+        if normalization not in self.normalizations:
+            raise ConfigError(
+                f"data.normalization={normalization!r} is not available for "
+                f"{type(self).__name__}; choose one of {', '.join(self.normalizations)}"
+            )
+        if pca_lighting < 0:
+            raise ConfigError(
+                f"data.pca_lighting is a standard deviation, >= 0; got {pca_lighting}"
+            )
+        self.normalization: Normalization = normalization
+        self.pca_lighting = pca_lighting
+        #: What was fitted to the training images (pixel statistics, a mean image).
+        self.fitted_inputs: dict[str, Any] = {}
+
+    def _pipeline(
+        self, steps: Sequence[Callable[[Tensor], Tensor]], *, augment: bool = False
+    ) -> v2.Compose:
+        """An :func:`~convrepro.data.transforms.image_pipeline` of ``steps`` (the geometric
+        ones, on uint8 images), then PCA lighting if ``augment``, then the input
+        normalisation."""
+        colour: list[Any] = []
+        if augment and self.pca_lighting:
+            colour.append(PCALighting(self.training_pixels().pca, self.pca_lighting))
+        stats = self.channel_stats
+        if self.normalization == "mean-rgb":
+            stats = ChannelStats(mean=self.training_pixels().mean, std=PIXEL_SCALE.std)
+        elif self.normalization == "mean-image":
+            stats = PIXEL_SCALE
+            colour.append(SubtractMeanImage(self._fitted("mean_image", self._mean_image)))
+        return image_pipeline(steps, stats, colour_steps=colour)
+
+    def training_pixels(self) -> PixelStats:
+        """Mean RGB value and RGB principal axes of the training split: from the checkpoint
+        when a trained model is tested, else fitted (and cached next to the data)."""
+        return PixelStats.from_dict(
+            self._fitted("pixel_stats", lambda: self._fit_pixel_stats().as_dict())
+        )
+
+    def _fitted(self, key: str, fit: Callable[[], Any]) -> Any:
+        if key not in self.fitted_inputs:
+            self.fitted_inputs[key] = fit()
+        return self.fitted_inputs[key]
+
+    def _fit_pixel_stats(self) -> PixelStats:
+        """:class:`PixelStats` of the training split's images (validation held out)."""
+        raise NotImplementedError(f"{type(self).__name__} fits no pixel statistics")
+
+    def _mean_image(self) -> Tensor:
+        """The training split's mean image in [0, 1] at the network's input size, (3, H, W)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mean image")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the transforms fitted to the training images, saved in every checkpoint: the
+        model's input protocol, so that it tests and predicts without its training images
+        (:mod:`convrepro.data.trained_inputs`)."""
+        return dict(self.fitted_inputs)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.fitted_inputs.update(state_dict)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
 
-from convrepro.errors import ConfigError
+from convrepro.errors import ConfigError, SettingTypeError
 
 # Independent random streams derived from one user seed.
 SHUFFLE_STREAM = 0
@@ -238,3 +238,16 @@ class ShardedEvalBatchSampler(BatchSampler):
 
     def __len__(self) -> int:
         return self.num_batches
+
+
+def check_val_size(val_size: int | float) -> None:
+    """Refuse a ``data.val_size`` that is neither a count >= 0 nor a fraction in [0, 1)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, int | float):
+        raise SettingTypeError(f"data.val_size must be a count or a fraction, got {val_size!r}")
+    if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
+        raise ConfigError(
+            f"data.val_size={val_size} as a fraction must be in [0, 1); "
+            "give a whole number for a count of images"
+        )
+    if isinstance(val_size, int) and val_size < 0:
+        raise ConfigError(f"data.val_size must not be negative, got {val_size}")
