@@ -6,9 +6,10 @@
 Builds the config through the CLI as a library (its network, init, data pipeline and
 optimiser as written, ``--set`` applied, e.g. where the data is), then trains ``--steps`` SGD
 steps in a plain loop and records: ``alpha * sum(a^2) / k`` at every LRN before and after
-(:func:`convrepro.explore.lrn_regime`, on the first validation batch), the logits' spread at
-step 0, every step's loss and the first non-finite one, and the accuracy on the first
-validation batch at the end. Writes ``<out>/paper_scale_<config name>_<device>.json``/``.md``.
+(:func:`convrepro.explore.lrn_regime`, on ``--batch-size`` validation images evenly spaced over
+the validation split), the logits' spread at step 0, every step's loss and the first non-finite
+one, and the accuracy on those validation images at the end. Writes
+``<out>/paper_scale_<config name>_<device>.json``/``.md``.
 ``benchmarks/vgg_init.py`` uses the same run for the VGG paper's two init readings.
 """
 
@@ -54,7 +55,7 @@ def short_run(config: str, settings: list[str], steps: int, batch_size: int) -> 
     datamodule.setup("fit")
     on = device()
     model.to(on)
-    val_images, val_labels = (t.to(on) for t in next(iter(datamodule.val_dataloader())))
+    val_images, val_labels = (t.to(on) for t in _spread_batch(datamodule.splits["val"], batch_size))
     regime_before = lrn_regime(model, val_images)
     model.train()
     losses: list[float] = []
@@ -93,6 +94,14 @@ def short_run(config: str, settings: list[str], steps: int, batch_size: int) -> 
         "seconds": round(seconds, 1),
         "losses": losses,
     }
+
+
+def _spread_batch(split: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` validation images evenly spaced over the split: class-sorted sources (CIFAR-10
+    read from class folders) would make the first batch a single class."""
+    positions = torch.linspace(0, len(split) - 1, min(size, len(split))).long().tolist()
+    images, labels = zip(*(split[position] for position in positions), strict=True)
+    return torch.stack(images), torch.tensor(labels)
 
 
 def record(stem: str, report: dict[str, Any], markdown: str, out: str) -> None:
