@@ -114,13 +114,22 @@ def record(stem: str, report: dict[str, Any], markdown: str, out: str) -> None:
     print(markdown)
 
 
-def header(report: dict[str, Any]) -> dict[str, Any]:
+def header(command: str) -> dict[str, Any]:
     """What every record starts with: command, date, machine."""
     return {
-        "command": report["command"],
+        "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_name(device()),
     }
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, steps: int, batch_size: int) -> None:
+    """The options every short-run script takes: length, batch, settings, threads, output."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default="benchmarks/results")
 
 
 def step_label(step: int | None) -> str:
@@ -160,11 +169,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", default="benchmarks/results")
+    add_run_arguments(parser, steps=200, batch_size=128)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = [f"--{setting}" for setting in args.set]
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"--batch-size {args.batch_size}" + "".join(f" --set {s}" for s in args.set)
     )
     report = {
-        **header({"command": command}),
+        **header(command),
         "config": args.config,
         "batch_size": args.batch_size,
         "run": short_run(args.config, settings, args.steps, args.batch_size),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from paper_scale import WINDOW, header, record, short_run, step_label
+from paper_scale import WINDOW, add_run_arguments, header, record, short_run, step_label
 
 CONFIG = "configs/paper/vgg11_imagenet.yaml"
 STDS = (0.1, 0.01)
@@ -52,11 +52,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="image folders: train/ and test/")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", default="benchmarks/results")
+    add_run_arguments(parser, steps=300, batch_size=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = [
@@ -83,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "".join(f" --set {setting}" for setting in args.set)
     )
     report = {
-        **header({"command": command}),
+        **header(command),
         "data": args.data,
         "steps": args.steps,
         "batch_size": args.batch_size,
