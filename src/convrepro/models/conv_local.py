@@ -10,8 +10,8 @@ transcribe them section by section, so they can be held against the files line b
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -122,9 +122,24 @@ BASE_EPS = 0.001
 
 # layers-conv-local-{11,13}pct.cfg: the rnorm layers (11pct only) and local3's filters differ.
 LRN_SIZE, LRN_SCALE, LRN_POW = 9, 0.001, 0.75  # [rnorm1], [rnorm2]: size=9, scale, pow
-LOCAL3_FILTERS = {"11pct": 64, "13pct": 32}
 INIT_STD = {"conv1": 1e-4, "conv2": 0.01, "local3": 0.04, "local4": 0.04, "fc10": 0.01}
 INPUT_SIZE = 24  # CroppedCIFARDataProvider: 32 - 2 * crop_border (4)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What one layer file pair sets of the three things in which the two files differ."""
+
+    lrn: bool
+    local3_filters: int
+    fc10_wc: float
+
+
+#: The two files as presets: every setting of ``ConvLocalNet`` left at ``None`` takes these.
+DEFINITIONS = {
+    "11pct": Definition(lrn=True, local3_filters=64, fc10_wc=LAYER_PARAMS["11pct"]["fc10"].wc),
+    "13pct": Definition(lrn=False, local3_filters=32, fc10_wc=LAYER_PARAMS["13pct"]["fc10"].wc),
+}
 
 
 class ConvLocalNet(nn.Module):
@@ -145,15 +160,18 @@ class ConvLocalNet(nn.Module):
     * Init (``initW``): Gaussian weights, std 1e-4 (conv1), 0.01 (conv2, fc10), 0.04 (local3,
       local4); biases 0 (``initB`` defaults to 0). Conv biases are shared per map
       (``sharedBiases=1``), locally connected ones per position.
-    * The two files differ in more than the two rnorm layers: ``local3`` has 64 filters with
-      LRN and 32 without, and ``fc10``'s ``wc`` is 0.01 and 0.004. The paper's 13% -> 11% compares
-      exactly these files, so ``lrn`` switches the whole definition; ``local3_filters`` sets the
-      width on its own for an LRN-only comparison.
+    * The two files differ in three things: the two rnorm layers (11pct only), ``local3``'s
+      width (64 filters in 11pct, 32 in 13pct) and ``fc10``'s ``wc`` (0.01 and 0.004). The
+      paper's 13% -> 11% compares the whole files; each difference is its own setting here, so
+      that any combination is one config line (a factorial decomposition of the files).
 
     Args:
-        lrn: ``True``: the 11pct definition; ``False``: the 13pct one.
+        definition: The layer files to start from, ``"11pct"`` or ``"13pct"``: every setting
+            below left at ``None`` takes that file's value.
+        lrn: The two rnorm layers on or off.
+        local3_filters: ``local3``'s filters.
+        fc10_wc: ``fc10``'s weight decay (``wc``); every other layer keeps the files' own.
         num_classes: Outputs of ``fc10``.
-        local3_filters: ``local3``'s filters; ``None`` takes the chosen file's (64 or 32).
         weights: A state dict or Lightning checkpoint of this network to start from
             (:func:`~convrepro.models.weights.load_weights`), e.g. the paper protocol's
             second phase starting from the first phase's ``last.ckpt``.
@@ -166,21 +184,36 @@ class ConvLocalNet(nn.Module):
 
     def __init__(
         self,
-        lrn: bool = True,
-        num_classes: int = 10,
+        definition: Literal["11pct", "13pct"] = "11pct",
+        lrn: bool | None = None,
         local3_filters: int | None = None,
+        fc10_wc: float | None = None,
+        num_classes: int = 10,
         weights: str | None = None,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
-        self.definition = "11pct" if lrn else "13pct"
+        if definition not in DEFINITIONS:
+            raise ConfigError(
+                f"ConvLocalNet: definition {definition!r} is not one of cuda-convnet's files; "
+                f"use {' or '.join(map(repr, DEFINITIONS))}"
+            )
+        preset = DEFINITIONS[definition]
+        self.definition = definition
+        self.settings = Definition(
+            lrn=preset.lrn if lrn is None else lrn,
+            local3_filters=preset.local3_filters if local3_filters is None else local3_filters,
+            fc10_wc=preset.fc10_wc if fc10_wc is None else fc10_wc,
+        )
+        if self.settings.local3_filters < 1 or self.settings.fc10_wc < 0:
+            raise ConfigError(
+                f"ConvLocalNet: local3_filters must be >= 1 and fc10_wc >= 0, got "
+                f"{self.settings.local3_filters} and {self.settings.fc10_wc}"
+            )
         #: The side of the square crops it takes (evaluation crops default to it).
         self.input_size = INPUT_SIZE
-        width = local3_filters or LOCAL3_FILTERS[self.definition]
-        self.arch_name = (
-            f"cuda-convnet conv-local ({self.definition}: {'with' if lrn else 'no'} LRN, "
-            f"local3 {width} filters, {num_classes} classes)"
-        )
+        self.arch_name = f"cuda-convnet conv-local ({self.describe()}, {num_classes} classes)"
+        lrn, width = self.settings.lrn, self.settings.local3_filters
 
         layers: list[tuple[str, nn.Module]] = [
             ("conv1", nn.Conv2d(3, 64, kernel_size=5, padding=2)),
@@ -218,6 +251,8 @@ class ConvLocalNet(nn.Module):
         groups = []
         for name, layer in self._weight_layers().items():
             params = LAYER_PARAMS[self.definition][name]
+            if name == "fc10":
+                params = replace(params, wc=self.settings.fc10_wc)
             groups.append(
                 {
                     "name": f"{name}.weight",
@@ -237,6 +272,18 @@ class ConvLocalNet(nn.Module):
                 }
             )
         return groups
+
+    def describe(self) -> str:
+        """The file it is, or the file and what differs from it: ``13pct + LRN``."""
+        preset = DEFINITIONS[self.definition]
+        changes = []
+        if self.settings.lrn != preset.lrn:
+            changes.append("+ LRN" if self.settings.lrn else "- LRN")
+        if self.settings.local3_filters != preset.local3_filters:
+            changes.append(f"local3 {self.settings.local3_filters} filters")
+        if self.settings.fc10_wc != preset.fc10_wc:
+            changes.append(f"fc10 wc {self.settings.fc10_wc:g}")
+        return " ".join([f"{self.definition} file", *changes])
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):

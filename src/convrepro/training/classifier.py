@@ -171,9 +171,11 @@ class ImageClassifier(LightningModule):
         return self.backbone(self._in_memory_format(images))
 
     def _in_memory_format(self, images: Tensor) -> Tensor:
-        if self.channels_last:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
+        if not self.channels_last:
+            return images
+        if images.ndim == 5:
+            return channels_last_views(images)
+        return images.contiguous(memory_format=torch.channels_last)
 
     def _test_scores(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Class scores of test images: the test protocol's log-posteriors, else the logits;
@@ -372,3 +374,11 @@ def _built(setting: str, factory: Callable[[Any], Any], argument: Any) -> Any:
         return factory(argument)
     except ValueError as error:
         raise ConfigError(f"{setting}: {error} (fix its init_args)") from error
+
+
+def channels_last_views(views: Tensor) -> Tensor:
+    """A stack of views (N, V, C, H, W) laid out so that every view ``views[:, v]`` is a
+    channels-last (N, C, H, W) batch: stored as (V, N, H, W, C) (``contiguous`` has no
+    channels-last format for rank 5)."""
+    stored = views.permute(1, 0, 3, 4, 2).contiguous()
+    return stored.permute(1, 0, 4, 2, 3)
