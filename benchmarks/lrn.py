@@ -121,10 +121,10 @@ def step_seconds(model: nn.Module, batch: int, size: int, repeats: int) -> float
 
 
 def network_times(repeats: int) -> dict[str, Any]:
-    lrn = step_seconds(ConvLocalNet(lrn=True), 128, 24, repeats)
-    no_lrn = step_seconds(ConvLocalNet(lrn=False), 128, 24, repeats)
-    lrn_same_width = step_seconds(ConvLocalNet(lrn=True, local3_filters=32), 128, 24, repeats)
-    lrn_torch = step_seconds(with_torch_lrn(ConvLocalNet(lrn=True)), 128, 24, repeats)
+    lrn = step_seconds(ConvLocalNet(definition="11pct"), 128, 24, repeats)
+    no_lrn = step_seconds(ConvLocalNet(definition="13pct"), 128, 24, repeats)
+    lrn_same_width = step_seconds(ConvLocalNet(definition="13pct", lrn=True), 128, 24, repeats)
+    lrn_torch = step_seconds(with_torch_lrn(ConvLocalNet(definition="11pct")), 128, 24, repeats)
     return {
         "batch": 128,
         "lrn_arm_ms": 1000 * lrn,

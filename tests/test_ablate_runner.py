@@ -297,6 +297,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cifar_dir, fake_cl
     assert "[new] lrn-seed1: " in printed and " one " in printed and "--arm=lrn --seed=1" in printed
     assert "--run.id=lrn-seed1" in printed
     assert not out.exists()
+    # Seed by seed, so that a grid stopped part-way leaves every arm with the same seeds.
+    planned = [line.split(":")[0] for line in printed.splitlines() if line.startswith("[new]")]
+    assert planned == [
+        "[new] no-lrn-seed0",
+        "[new] lrn-seed0",
+        "[new] no-lrn-seed1",
+        "[new] lrn-seed1",
+    ]
 
 
 def test_changed_settings_are_refused_before_anything_runs(

@@ -152,3 +152,71 @@ def test_zero_spread_gives_nan_and_notes():
     assert math.isnan(rounded.p)
     # one arm without spread is fine: Welch's df falls to the other arm's n - 1
     assert stats.welch_test([90.0, 90.0, 90.0], [91.0, 92.0, 93.0]).df == pytest.approx(2.0)
+
+
+C = [88.4, 89.1, 88.0, 88.9, 88.6]
+D = [92.3, 91.0, 92.8]
+
+
+def test_contrast_of_two_arms_is_welch_and_scipy():
+    assert stats.contrast_test([A, B], [1, -1]) == stats.welch_test(A, B)
+    reference = scipy_stats.ttest_ind(B, A, equal_var=False)
+    result = stats.contrast_test([A, B], [-1, 1])
+    assert (result.t, result.df, result.p) == pytest.approx(
+        (reference.statistic, reference.df, reference.pvalue)
+    )
+
+
+def test_contrast_of_four_arms_by_hand():
+    """A 2x2 main effect: (mean A + mean D - mean B - mean C) / 2; its variance adds the four
+    variances of the means, each times w^2 = 1/4; Satterthwaite's df."""
+    weights = [0.5, -0.5, -0.5, 0.5]
+    groups = [A, B, C, D]
+    result = stats.contrast_test(groups, weights)
+    means = [np.mean(g) for g in groups]
+    parts = [w**2 * np.var(g, ddof=1) / len(g) for w, g in zip(weights, groups, strict=True)]
+    df = sum(parts) ** 2 / sum(v**2 / (len(g) - 1) for v, g in zip(parts, groups, strict=True))
+    se = math.sqrt(sum(parts))
+    estimate = float(np.dot(weights, means))
+    half = scipy_stats.t.ppf(0.975, df) * se
+    assert result.difference == pytest.approx(estimate)
+    assert result.df == pytest.approx(df)
+    assert (result.ci_low, result.ci_high) == pytest.approx((estimate - half, estimate + half))
+    assert result.p == pytest.approx(2 * scipy_stats.t.sf(abs(estimate / se), df))
+    # An arm with weight 0 plays no part, whatever it holds.
+    assert stats.contrast_test([A, B, []], [1, -1, 0]) == stats.welch_test(A, B)
+
+
+@pytest.mark.parametrize(
+    "weights", [(0.5, 0.5, -0.5, -0.5), (1, -1, -1, 1), (-1, 0, 0, 1)], ids=["main", "x", "both"]
+)
+def test_contrast_interval_covers_the_truth_95_percent_of_grids(weights):
+    """Simulated 4-arm grids of 5 seeds, unequal spreads: the interval holds the true contrast
+    about 95% of the time (Satterthwaite's df keeps it close with unequal variances)."""
+    rng = np.random.default_rng(1)
+    means, sds = np.array([60.0, 61.0, 62.5, 64.0]), np.array([0.3, 0.8, 0.4, 1.2])
+    truth = float(np.dot(weights, means))
+    covered = []
+    for _ in range(4000):
+        groups = [rng.normal(m, s, size=5) for m, s in zip(means, sds, strict=True)]
+        result = stats.contrast_test(groups, weights)
+        covered.append(result.ci_low <= truth <= result.ci_high)
+    assert np.mean(covered) == pytest.approx(0.95, abs=0.015)
+
+
+def test_paired_contrast_over_shared_seeds():
+    arms = [dict(enumerate(A)), dict(enumerate(B)), {0: 1.0, 1: 2.0, 2: 3.5}]
+    result, seeds = stats.paired_contrast_test(arms, [1, -1, 0.5])
+    assert seeds == (0, 1, 2)  # the seeds all three arms ran
+    per_seed = [A[s] - B[s] + 0.5 * arms[2][s] for s in seeds]
+    reference = scipy_stats.ttest_1samp(per_seed, 0.0)
+    assert (result.difference, result.p) == pytest.approx((np.mean(per_seed), reference.pvalue))
+
+
+def test_contrast_degenerate_cases_give_nan_and_a_note():
+    assert "no runs" in stats.contrast_test([A, []], [1, -1]).note
+    one = stats.contrast_test([A, [90.0]], [1, -1])
+    assert math.isnan(one.ci_low) and "fewer than 2 runs" in one.note
+    assert one.difference == pytest.approx(np.mean(A) - 90.0)
+    flat = stats.contrast_test([[1.0, 1.0], [2.0, 2.0]], [1, -1])
+    assert math.isnan(flat.p) and "no spread" in flat.note

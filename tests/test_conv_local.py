@@ -52,12 +52,11 @@ def layer(model: ConvLocalNet, name: str) -> nn.Module:
     return model.classifier.fc10 if name == "fc10" else model.features.get_submodule(name)
 
 
-@pytest.mark.parametrize("lrn", [True, False])
-def test_layers_are_the_cfg_files(lrn):
+@pytest.mark.parametrize(("definition", "lrn"), [("11pct", True), ("13pct", False)])
+def test_layers_are_the_cfg_files(definition, lrn):
     torch.manual_seed(0)
-    model = ConvLocalNet(lrn=lrn)
-    definition = "11pct" if lrn else "13pct"
-    assert model.definition == definition
+    model = ConvLocalNet(definition=definition)
+    assert model.describe() == f"{definition} file"
     for name, (kind, filters, size, padding, init_w) in CFG[definition].items():
         module = layer(model, name)
         assert isinstance(module, TYPES[kind]), name
@@ -87,7 +86,7 @@ def test_rnorm_is_cuda_convnets_formula():
     scale by size; conv_util.cu's kFCNorm adds 1)."""
     torch.manual_seed(0)
     x = torch.randn(2, 64, 5, 5, dtype=torch.float64) * 30
-    lrn = ConvLocalNet(lrn=True).features.rnorm1
+    lrn = ConvLocalNet(definition="11pct").features.rnorm1
     expected = torch.empty_like(x)
     for i in range(64):
         window = x[:, max(0, i - 4) : min(64, i + 5)]
@@ -95,11 +94,13 @@ def test_rnorm_is_cuda_convnets_formula():
     torch.testing.assert_close(lrn(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("lrn", "parameters"), [(True, 2_112_970), (False, 1_116_490)])
-def test_sizes_and_parameter_counts(lrn, parameters):
+@pytest.mark.parametrize(
+    ("definition", "lrn", "parameters"), [("11pct", True, 2_112_970), ("13pct", False, 1_116_490)]
+)
+def test_sizes_and_parameter_counts(definition, lrn, parameters):
     """24 -> 12 -> 6 px as cuda-convnet's parser computes pools (ceil), and the parameter
     counts of those layers: conv biases shared per map, local biases per position."""
-    model = ConvLocalNet(lrn=lrn)
+    model = ConvLocalNet(definition=definition)
     shapes = {}
     for name, module in model.features.named_children():
         module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape))
@@ -163,11 +164,10 @@ def test_locally_connected_under_bf16_autocast():
     assert module.weight.grad is not None and module.weight.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("lrn", [True, False])
-def test_optimiser_groups_are_the_layer_params_files(lrn):
-    model = ImageClassifier(ConvLocalNet(lrn=lrn), num_classes=10, optimizer=sgd)
+@pytest.mark.parametrize("definition", ["11pct", "13pct"])
+def test_optimiser_groups_are_the_layer_params_files(definition):
+    model = ImageClassifier(ConvLocalNet(definition=definition), num_classes=10, optimizer=sgd)
     optimizer = model.configure_optimizers()["optimizer"]
-    definition = "11pct" if lrn else "13pct"
     by_parameter = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     for name, (eps_w, eps_b, mom_w, mom_b, wc) in PARAMS[definition].items():
         module = layer(model.backbone, name)
@@ -190,7 +190,7 @@ def test_two_updates_are_cuda_convnets_arithmetic():
     gradient is scaled in layer.cu's bpropWeights: scaleGrad = eps / numCases), then
     inc -= wc * eps * W, then W += inc. grad_sum / numCases is the gradient of the mean loss."""
     torch.manual_seed(0)
-    model = ImageClassifier(ConvLocalNet(lrn=True), num_classes=10, optimizer=sgd)
+    model = ImageClassifier(ConvLocalNet(definition="11pct"), num_classes=10, optimizer=sgd)
     optimizer = model.configure_optimizers()["optimizer"]
     fc = model.backbone.classifier.fc10
     weights, biases = fc.weight.detach().clone(), fc.bias.detach().clone()
@@ -213,3 +213,97 @@ def test_own_groups_exclude_backbone_lr_scale():
     model = ImageClassifier(ConvLocalNet(), num_classes=10, optimizer=sgd, backbone_lr_scale=0.1)
     with pytest.raises(ConfigError, match="backbone_lr_scale"):
         model.configure_optimizers()
+
+
+# The files' three differences, each on its own: (lrn, local3 filters, fc10 wc) -> parameters.
+# local3's width changes local3 (6*6 positions x 576 fan-in x width + width*36 biases) and
+# local4's fan-in (36 x 9*width x 32); LRN and wc change no parameter.
+COMBINATIONS = [
+    (lrn, width, wc) for lrn in (False, True) for width in (32, 64) for wc in (0.004, 0.01)
+]
+
+
+def expected_parameters(width: int) -> int:
+    fixed = (64 * 75 + 64) + (64 * 1600 + 64) + (36 * 9 * 32 * 32 + 32 * 36) + (1152 * 10 + 10)
+    return fixed + 36 * 576 * width + width * 36 + 36 * 9 * width * 32 - 36 * 9 * 32 * 32
+
+
+@pytest.mark.parametrize("definition", ["11pct", "13pct"])
+@pytest.mark.parametrize(("lrn", "width", "wc"), COMBINATIONS)
+def test_every_combination_of_the_files_differences(definition, lrn, width, wc):
+    """Any mix of the files' differences from either file: the layers, parameter count and
+    per-layer optimiser groups are the file's, but for exactly the settings given."""
+    model = ConvLocalNet(definition=definition, lrn=lrn, local3_filters=width, fc10_wc=wc)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(width)
+    assert len([m for m in model.modules() if isinstance(m, PaperLRN)]) == (2 if lrn else 0)
+    assert model.features.local3.out_channels == width
+    assert model.features.local4.in_channels == width
+    classifier = ImageClassifier(model, num_classes=10, optimizer=sgd)
+    groups = classifier.configure_optimizers()["optimizer"].param_groups
+    decay = {group["name"]: group["weight_decay"] for group in groups}
+    expected = {
+        **{f"{name}.weight": PARAMS[definition][name][4] for name in PARAMS[definition]},
+        **{f"{name}.bias": 0.0 for name in PARAMS[definition]},
+        "fc10.weight": wc,
+    }
+    assert decay == pytest.approx(expected)
+    assert model(torch.randn(2, 3, 24, 24)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("settings", "file", "described"),
+    [
+        ({"definition": "13pct"}, "13pct", "13pct file"),
+        ({"definition": "11pct"}, "11pct", "11pct file"),
+        # The factorial grid's two mixed arms are exactly one file plus or minus its LRN.
+        ({"definition": "13pct", "lrn": True}, "13pct", "13pct file + LRN"),
+        ({"definition": "11pct", "lrn": False}, "11pct", "11pct file - LRN"),
+        # A setting equal to the file's is no change, from either side.
+        (
+            {"definition": "13pct", "local3_filters": 64, "fc10_wc": 0.01, "lrn": True},
+            "13pct",
+            "13pct file + LRN local3 64 filters fc10 wc 0.01",
+        ),
+        ({"definition": "11pct", "local3_filters": 64}, "11pct", "11pct file"),
+    ],
+)
+def test_named_file_presets(settings, file, described):
+    model = ConvLocalNet(**settings)
+    assert model.definition == file and model.describe() == described
+    assert described in model.arch_name
+
+
+def test_13pct_with_all_of_11pcts_settings_is_the_11pct_network():
+    """The decomposition is complete: the three settings are all the files differ in."""
+    torch.manual_seed(0)
+    eleven = ConvLocalNet(definition="11pct")
+    torch.manual_seed(0)
+    mixed = ConvLocalNet(definition="13pct", lrn=True, local3_filters=64, fc10_wc=0.01)
+    for (name, a), (other, b) in zip(
+        eleven.state_dict().items(), mixed.state_dict().items(), strict=True
+    ):
+        assert name == other and torch.equal(a, b), name
+    x = torch.randn(3, 3, 24, 24) * 50
+    torch.testing.assert_close(eleven(x), mixed(x))
+    groups = [
+        ImageClassifier(m, num_classes=10, optimizer=sgd).configure_optimizers()
+        for m in (eleven, mixed)
+    ]
+    strip = [
+        [{k: v for k, v in g.items() if k != "params"} for g in c["optimizer"].param_groups]
+        for c in groups
+    ]
+    assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"definition": "12pct"}, "definition '12pct' is not one of"),
+        ({"local3_filters": 0}, "local3_filters must be >= 1"),
+        ({"fc10_wc": -0.1}, "fc10_wc >= 0"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        ConvLocalNet(**settings)

@@ -11,7 +11,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from convrepro.cli import ConvReproCLI
 from convrepro.testing import make_image_folder
-from convrepro.training import DenseEvaluation, TenCropEvaluation
+from convrepro.training import (
+    CombinedEvaluation,
+    DenseEvaluation,
+    MultiCropEvaluation,
+    StackedViewsEvaluation,
+    TenCropEvaluation,
+)
 from convrepro.training.classifier import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +125,68 @@ def test_testing_a_checkpoint_uses_the_protocol_of_the_test_command(tmp_path, mo
     summary = json.loads(next(tmp_path.glob("runs/vgg11_imagenet/*/summary.json")).read_text())
     assert summary["test/error"] == pytest.approx(1 - summary["test/acc"])
     assert "test/error_top5" not in summary and "test/acc_top5" not in summary  # 3 classes
+
+
+# channels_last is a memory layout: every test protocol, with every model family, must give the
+# numbers of the default layout, in test and predict alike (the 10-view stack is rank 5, which
+# ``contiguous(memory_format=channels_last)`` refuses).
+def _backbones() -> dict[str, tuple[nn.Module, int]]:
+    from convrepro.models import VGG, AlexNet, ConvLocalNet
+
+    return {
+        "vgg-a-cifar": (VGG("A", num_classes=NUM_CLASSES, head="cifar"), 32),
+        "alexnet-torchvision": (AlexNet("torchvision", num_classes=NUM_CLASSES, lrn=True), 224),
+        "conv-local-11pct": (ConvLocalNet(num_classes=NUM_CLASSES), 24),
+        "tiny-fully-convolutional": (TinyFullyConvolutional(), 24),
+    }
+
+
+def _protocols(size: int) -> dict[str, object]:
+    return {
+        "none": None,
+        "stacked-views": StackedViewsEvaluation(center_view=1),
+        "ten-crop": TenCropEvaluation(crop_size=size),
+        "multi-crop": MultiCropEvaluation(scales=[size + 8], grid=2, flip=True, crop_size=size),
+        "dense": DenseEvaluation(flip=True),
+        "combined": CombinedEvaluation([TenCropEvaluation(crop_size=size), DenseEvaluation()]),
+    }
+
+
+# Every model family with the default and the rank-5 protocol; every protocol with a small
+# network that runs them all.
+CASES = [
+    (backbone, protocol)
+    for backbone in ("vgg-a-cifar", "alexnet-torchvision", "conv-local-11pct")
+    for protocol in ("none", "stacked-views")
+] + [
+    ("tiny-fully-convolutional", protocol)
+    for protocol in ("none", "stacked-views", "ten-crop", "multi-crop", "dense", "combined")
+]
+
+
+@pytest.mark.parametrize(("backbone_name", "protocol_name"), CASES)
+def test_channels_last_gives_the_same_numbers_with_every_protocol(backbone_name, protocol_name):
+    torch.manual_seed(0)
+    backbone, size = _backbones()[backbone_name]
+    protocol = _protocols(size)[protocol_name]
+    stacked = protocol_name == "stacked-views"
+    # Stacked views come cut by the data pipeline; the other protocols cut larger images.
+    shape = (3, 2, 3, size, size) if stacked else (3, 3, size + 8, size + 8)
+    if protocol_name == "none":
+        shape = (3, 3, size, size)
+    images, targets = torch.randn(*shape), torch.tensor([0, 1, 2])
+    loader = DataLoader(TensorDataset(images, targets), batch_size=3)
+    outcomes = []
+    for channels_last in (False, True):
+        model = ImageClassifier(
+            backbone, num_classes=NUM_CLASSES, test_protocol=protocol, channels_last=channels_last
+        )
+        (tested,) = _trainer().test(model, loader, verbose=False)
+        (predicted,) = _trainer().predict(model, loader)
+        outcomes.append((tested, predicted["probabilities"]))
+        if channels_last:
+            weight = next(p for p in model.backbone.parameters() if p.ndim == 4)
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+    (plain_test, plain_predict), (fast_test, fast_predict) = outcomes
+    assert fast_test == pytest.approx(plain_test, rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(fast_predict, plain_predict, rtol=1e-4, atol=1e-5)

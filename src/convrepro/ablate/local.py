@@ -59,7 +59,12 @@ def run_grid(
     check_settings_unchanged(spec, out, runs)
     configs = preflight.parse_every_arm(spec, out)
     statuses = {run.id: status_of(spec.run_folder(out, run)) for run in runs}
-    todo = [run for run in runs if statuses[run.id] is not Status.DONE]
+    # Seed by seed: a grid stopped part-way leaves every arm with the same seeds, and a drift
+    # in the machine's speed or load falls on every arm alike.
+    todo = sorted(
+        (run for run in runs if statuses[run.id] is not Status.DONE),
+        key=lambda run: spec.seeds.index(run.seed),
+    )
     if devices is None:
         visible = visible_devices()
         devices = visible if len(visible) > 1 else []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convrepro.ablate import stats
+from convrepro.ablate import factorial, stats
 from convrepro.ablate.plots import plot_test_accuracy, plot_val_curves
 from convrepro.ablate.results import (
     RESULTS_FILE,
@@ -120,6 +120,9 @@ def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Se
                 f"| {_p(c.permutation.p)} ({c.permutation.splits}) |"
             )
             notes += [f"`{c.arm}` vs `{c.baseline}`: {note}" for note in c.notes]
+    if spec.factors is not None:
+        lines += ["", "## Factorial reading (test accuracy, percentage points)", ""]
+        lines += render_factorial(spec.factors, by_arm)
     if missing:
         notes.append(f"no test result yet (left out): {', '.join(missing)}")
     if notes:
@@ -140,6 +143,36 @@ def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Se
         "",
     ]
     return "\n".join(lines)
+
+
+def render_factorial(
+    factors: factorial.Factorial, by_arm: Mapping[str, Mapping[int, float]]
+) -> list[str]:
+    """The 2x2 reading of four arms (:mod:`~convrepro.ablate.factorial`) as a table, with what
+    each kind of effect means."""
+    lines = [
+        "| effect | kind | Δ | 95% CI (Welch-Satterthwaite) | p (df) | paired over seeds: "
+        "95% CI | paired p (seeds) | runs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for effect in factorial.effects(factors, by_arm):
+        w, p = effect.welch, effect.paired
+        lines.append(
+            f"| {effect.contrast.label} | {effect.contrast.kind} | {_signed(w.difference)} "
+            f"| {_range(w)} | {_p(w.p)} ({_number(w.df, 1)}) | {_range(p)} "
+            f"| {_p(p.p)} ({len(effect.paired_seeds)}) | {effect.runs} |"
+        )
+    return [*lines, "", FACTORIAL_NOTE]
+
+
+FACTORIAL_NOTE = (
+    "Simple: one change made on its own, at one level of the other factor (two arms). Main: "
+    "the two simple effects of a change averaged (four arms). Interaction: the change's simple "
+    "effect at the other factor's second level minus that at its first. Both: both changes at "
+    "once. Each is a contrast of arm means; its CI uses the contrast's standard error "
+    "sqrt(sum w² s²/n) with Welch-Satterthwaite df (the two-arm ones are Welch's test), the "
+    "paired one the contrast computed seed by seed (a seed gives every arm the same data)."
+)
 
 
 def _overrides(values: Mapping[str, Any]) -> str:

@@ -11,6 +11,9 @@ arms:                              # arm name -> dotted config keys (as on the c
   A: {model.backbone.init_args.config: A}
   A-LRN: {model.backbone.init_args.config: A-LRN}
 slurm: {partition: gpu, time: "4:00:00"}   # optional: --launcher slurm (see slurm_options)
+factors:                           # optional: four arms read as a 2x2 design (see factorial)
+  LRN: {off: [A, B-wide], on: [A-LRN, B-wide-LRN]}
+  width: {narrow: [A, A-LRN], wide: [B-wide, B-wide-LRN]}
 ```
 
 Seed ``N`` sets ``--seed_everything=N`` and ``--data.init_args.seed=N``, so weight initialisation,
@@ -37,12 +40,13 @@ from typing import Any
 
 import yaml
 
+from convrepro.ablate.factorial import Factorial, parse_factors
 from convrepro.ablate.slurm_options import SlurmOptions, parse_slurm_section
 from convrepro.errors import AblationError
 from convrepro.runs.files import DuplicateKeyError, UniqueKeyLoader
 from convrepro.runs.folder import RunFolder
 
-ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm")
+ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm", "factors")
 #: Options the runner sets for every run; an ablation file must not set them itself.
 RUNNER_KEYS = ("seed_everything", "ckpt_path", "run", "config")
 DATA_SEED_KEY = "data.init_args.seed"
@@ -81,6 +85,7 @@ class AblationSpec:
     overrides: Mapping[str, Any]
     baseline: str
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    factors: Factorial | None = None
 
     def runs(self) -> list[Run]:
         """Every arm x seed, arm-major (the order they are run and reported in)."""
@@ -132,6 +137,8 @@ class AblationSpec:
         }
         if self.slurm.to_dict():
             data["slurm"] = self.slurm.to_dict()
+        if self.factors is not None:
+            data["factors"] = self.factors.to_dict()
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -191,6 +198,7 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
         overrides=_overrides(path, "overrides", data.get("overrides")),
         baseline=baseline,
         slurm=_slurm(path, data.get("slurm")),
+        factors=parse_factors(path, data.get("factors"), list(arms)),
     )
 
 

@@ -110,17 +110,41 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> ArmSum
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> TTest:
-    """Welch's unequal-variance t-test; df by Welch-Satterthwaite."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    difference = float(a.mean() - b.mean()) if a.size and b.size else NAN
-    if a.size < 2 or b.size < 2:
-        return _undefined(difference, "an arm has fewer than 2 runs: no t-test")
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se <= _rounding_noise(a, b):
-        return _undefined(difference, "no spread in either arm: t-tests undefined")
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return _t_test(difference, se, df, confidence)
+    """Welch's unequal-variance t-test; df by Welch-Satterthwaite (the contrast ``a - b``)."""
+    return contrast_test([a, b], [1.0, -1.0], confidence)
+
+
+def contrast_test(
+    groups: Sequence[Sequence[float]], weights: Sequence[float], confidence: float = CONFIDENCE
+) -> TTest:
+    """A t-test of the contrast ``sum(w_i * mean(group_i))`` of independent groups, with its
+    confidence interval: standard error ``sqrt(sum(w_i^2 s_i^2 / n_i))``, degrees of freedom by
+    Welch-Satterthwaite. Welch's test is the contrast (1, -1); a 2x2 design's main effect is
+    (1/2, 1/2, -1/2, -1/2) of its four arms, its interaction (1, -1, -1, 1)."""
+    samples = [np.asarray(g, dtype=float) for g in groups]
+    used = [(w, x) for w, x in zip(weights, samples, strict=True) if w != 0]
+    if any(x.size == 0 for _, x in used):
+        return _undefined(NAN, "an arm has no runs: no t-test")
+    estimate = float(sum(w * x.mean() for w, x in used))
+    if any(x.size < 2 for _, x in used):
+        return _undefined(estimate, "an arm has fewer than 2 runs: no t-test")
+    parts = [w**2 * x.var(ddof=1) / x.size for w, x in used]
+    se = math.sqrt(sum(parts))
+    if se <= _rounding_noise(*(x for _, x in used)):
+        return _undefined(estimate, "no spread in any arm: t-tests undefined")
+    df = sum(parts) ** 2 / sum(v**2 / (x.size - 1) for v, (_, x) in zip(parts, used, strict=True))
+    return _t_test(estimate, se, df, confidence)
+
+
+def paired_contrast_test(
+    groups: Sequence[Mapping[int, float]], weights: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[TTest, tuple[int, ...]]:
+    """The contrast computed seed by seed over the seeds every weighted arm ran (runs of one seed
+    share data in every arm), then its t-interval over seeds; and those seeds."""
+    used = [(w, g) for w, g in zip(weights, groups, strict=True) if w != 0]
+    seeds = tuple(sorted(set.intersection(*(set(g) for _, g in used)))) if used else ()
+    per_seed = [sum(w * g[seed] for w, g in used) for seed in seeds]
+    return paired_test(per_seed, [0.0] * len(per_seed), confidence), seeds
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> TTest:
