@@ -265,3 +265,29 @@ def test_readme_input_scale_figures_are_the_committed_records(record):
     """The README's input-scale and VGG-init figures are copies of what the scripts wrote."""
     text = (ROOT / "benchmarks" / "results" / record).read_text().strip()
     assert text in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.scripts
+def test_precision_benchmark_reports_every_setting_and_loop(tmp_path, scripts_importable):
+    import precision
+
+    argv = ["--steps=1", "--windows=1", "--rounds=1", "--warmup=1", "--definitions", "13pct"]
+    report = precision.main([*argv, "--matmul-size=256", f"--out={tmp_path}"])
+    cells = report["networks"]["13pct"]["settings"]
+    assert set(cells) == set(precision.SETTINGS)
+    for cell in cells.values():
+        assert cell["plain"]["images_per_s"] > 0 and cell["lightning"]["images_per_s"] > 0
+        assert 0 < cell["lightning"]["share_of_peak"] < 1
+    assert cells["fp32"]["lightning_over_fp32_lightning"] == 1
+    # 13pct: about 19 M multiply-adds forward, so about 3 x 2 x 19 M FLOPs a training image.
+    assert 0.08 < report["networks"]["13pct"]["gflops_per_image"] < 0.14
+    assert report["command"].startswith("python benchmarks/precision.py --steps=1")
+    saved = json.loads((tmp_path / "precision_cpu.json").read_text())
+    assert saved["networks"] == json.loads(json.dumps(report["networks"]))
+    assert "| 13pct (" in (tmp_path / "precision_cpu.md").read_text()
+
+
+def test_readme_precision_table_is_the_committed_benchmark_record():
+    """The README's precision timings are a copy of what benchmarks/precision.py wrote."""
+    record = (ROOT / "benchmarks" / "results" / "precision_cpu.md").read_text().strip()
+    assert record in (ROOT / "README.md").read_text()
