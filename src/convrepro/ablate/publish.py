@@ -443,8 +443,8 @@ def _redo(spec: AblationSpec, folder: Path, repository: Path) -> list[str]:
         )
     if DATA_DIR in command:
         notes.append(
-            f"{DATA_DIR} is the folder of the data above, which the user supplies: the one "
-            "whose fingerprint it gives"
+            f"`{DATA_DIR}` is the folder of the data above, which you supply (the one whose "
+            "fingerprint it gives)"
         )
     return [
         f"Redo, from the repository's root: `{command}`"
