@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 
 from convrepro.data.cifar import CUDA_CONVNET_CROP
+from convrepro.runs.scrub import REPOSITORY, MachinePaths
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,21 @@ class Spec:
         if self.data_args.get("preprocessing") == "cuda-convnet":
             return CUDA_CONVNET_CROP
         return self.data_args.get("resize") or 32
+
+
+def write_record(
+    stem: Path, report: dict[str, Any], markdown: str, data: Sequence[str] = ()
+) -> None:
+    """``<stem>.json`` and ``<stem>.md``, naming no path of this machine: the records are
+    committed. Files in the repository become relative, the ``data`` folders (which the user
+    supplies) ``<DATA_DIR>`` (convrepro.runs.scrub)."""
+    here = MachinePaths(
+        repositories=(os.getcwd(), *([str(REPOSITORY)] if REPOSITORY else [])),
+        data=tuple(str(Path(folder).absolute()) for folder in data),
+    )
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(here.scrub(json.dumps(report, indent=2) + "\n"))
+    stem.with_suffix(".md").write_text(here.scrub(markdown))
 
 
 def device() -> torch.device:

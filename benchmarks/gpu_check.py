@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 import yaml
+from common import write_record
 from host_syncs import quiet_steps
 
 from convrepro.models import PaperLRN
@@ -301,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "passed": all(check["status"] == "passed" for check in checks.values()),
         "checks": checks,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"gpu_check_{report['mode']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_record(args.out / f"gpu_check_{report['mode']}", report, markdown(report))
     print(markdown(report), end="")
     return 0 if report["passed"] else 1
 

@@ -20,7 +20,6 @@ Each time is the median of ``--repeats`` timed runs after warm-up, in this proce
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import device, device_name, synchronize
+from common import device, device_name, synchronize, write_record
 from throughput import main as throughput_main
 from torch import nn
 
@@ -221,10 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["--config", CONV_LOCAL_CONFIG, "--only", "training", "--out", str(args.out), *timing]
         )
         report["lightning_over_plain"] = throughput["ratios"]["lightning/plain"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"lrn_{on.type}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_record(args.out / f"lrn_{on.type}", report, markdown(report))
     print(markdown(report))
     return report
 

@@ -16,7 +16,6 @@ one, and the accuracy on those validation images at the end. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -26,11 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import device, device_name
+from common import device, device_name, write_record
 
 from convrepro.cli import ConvReproCLI
 from convrepro.explore import lrn_regime
 
+DATA_DIR_KEY = "data.init_args.data_dir"
 #: Steps averaged for the loss at the start and at the end of a run.
 WINDOW = 20
 
@@ -104,14 +104,16 @@ def _spread_batch(split: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.tensor(labels)
 
 
-def record(stem: str, report: dict[str, Any], markdown: str, out: str) -> None:
-    """Write ``<out>/<stem>_<device>.json`` and ``.md`` and print the markdown."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{stem}_{device().type}"
-    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / f"{name}.md").write_text(markdown)
+def record(stem: str, report: dict[str, Any], markdown: str, out: str, data: list[str]) -> None:
+    """Write ``<out>/<stem>_<device>.json`` and ``.md`` (the ``data`` folders shown as
+    ``<DATA_DIR>``) and print the markdown."""
+    write_record(Path(out) / f"{stem}_{device().type}", report, markdown, data)
     print(markdown)
+
+
+def data_folders(settings: list[str]) -> list[str]:
+    """The data folders among ``--set`` settings."""
+    return [value for key, _, value in (s.partition("=") for s in settings) if key == DATA_DIR_KEY]
 
 
 def header(command: str) -> dict[str, Any]:
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "run": short_run(args.config, settings, args.steps, args.batch_size),
     }
-    record(f"paper_scale_{Path(args.config).stem}", report, markdown(report), args.out)
+    data = data_folders(args.set)
+    record(f"paper_scale_{Path(args.config).stem}", report, markdown(report), args.out, data)
     return report
 
 

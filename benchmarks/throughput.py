@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing
 import shutil
 import statistics
@@ -51,7 +50,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
-from common import Spec, device, device_name, peak_memory, synchronize
+from common import Spec, device, device_name, peak_memory, synchronize, write_record
 from delivery import delivery_ratios, plain_loader, run_delivery, write_photo_folder
 from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from lightning.pytorch.cli import instantiate_class
@@ -355,11 +354,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.folder
             else f"{args.made_up_photos} made-up photo-sized JPEGs (500 x 375 and 375 x 500)"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     part = f"_{args.only}" if args.only else ""
     stem = args.out / f"throughput_{args.config.stem}_{device().type}{part}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_record(
+        stem, report, markdown(report), [data_dir, *([args.folder] if args.folder else [])]
+    )
     print(markdown(report), end="")
     return report
 

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from paper_scale import WINDOW, add_run_arguments, header, record, short_run, step_label
+from paper_scale import (
+    WINDOW,
+    add_run_arguments,
+    data_folders,
+    header,
+    record,
+    short_run,
+    step_label,
+)
 
 CONFIG = "configs/paper/vgg11_imagenet.yaml"
 STDS = (0.1, 0.01)
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "chance_loss": math.log(classes),
         "runs": runs,
     }
-    record("vgg_init", report, markdown(report), args.out)
+    record("vgg_init", report, markdown(report), args.out, [args.data, *data_folders(args.set)])
     return report
 
 

@@ -1,6 +1,10 @@
 """Results that ship with the repository: records copied into results/, the README rendered."""
 
+import json
 import math
+import shlex
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,24 +13,55 @@ from convrepro.ablate import stats
 from convrepro.ablate.__main__ import main
 from convrepro.ablate.publish import BEGIN, END, RUN_RECORDS, publish, update_readme
 from convrepro.ablate.results import read_results_csv
+from convrepro.ablate.spec import SPEC_FILE, AblationSpec, load_spec, runs_root
 from convrepro.runs.provenance import CodeVersion, Invocation, run_data_label, write_provenance
-from convrepro.testing import write_made_up_ablation
+from convrepro.runs.scrub import TEXT_SUFFIXES, machine_paths_in
+from convrepro.testing import MADE_UP_NAME, make_cifar10_folders, write_made_up_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def grid_with_records(out: Path):
+def grid_with_records(out: Path, spec: AblationSpec | None = None) -> AblationSpec:
     """A made-up finished grid whose runs also have what a real run leaves: config, provenance,
-    log, a checkpoint and W&B files."""
-    spec = write_made_up_ablation(out)
+    log, a checkpoint and W&B files, naming the machine's paths as real ones do: the checkout
+    the grid ran in (``<out>/../checkout``), its output folder and the data folder
+    (``<out>/../cifar-jpegs``)."""
+    checkout, data_dir = out.parent / "checkout", out.parent / "cifar-jpegs"
+    spec = write_made_up_ablation(out, spec=spec)
+    if spec.name == MADE_UP_NAME:  # where a real grid's file names its base config and data
+        spec = replace(
+            spec,
+            base=checkout / "configs" / "made-up.yaml",
+            overrides={**spec.overrides, "data.init_args.data_dir": str(data_dir)},
+        )
+        (out / SPEC_FILE).write_text(spec.to_yaml())
     for number, run in enumerate(spec.runs()):
         folder = spec.run_folder(out, run)
-        (folder.path / "config.yaml").write_text("trainer:\n  max_epochs: 15\n")
-        (folder.path / "log.txt").write_text("fit\n")
+        best = folder.checkpoints / "best.ckpt"
+        folder.write_summary(
+            replace(folder.read_summary(), best_checkpoint=str(best), test_checkpoint=str(best))
+        )
+        (folder.path / "config.yaml").write_text(
+            f"trainer:\n  max_epochs: 15\n  default_root_dir: {folder.path}\n"
+            f"data:\n  init_args:\n    data_dir: {data_dir}\n"
+        )
+        command = [
+            "python",
+            "-m",
+            "convrepro",
+            "fit",
+            f"--config={spec.base}",
+            f"--data.init_args.data_dir={data_dir}",
+            f"--run.root={runs_root(out)}",
+        ]
+        (folder.path / "log.txt").write_text(
+            f"=== {' '.join(command)}\nRun folder: {folder.path}\nUsing checkpoint {best}\n"
+            "/usr/lib/python3.11/site-packages/lightning/call.py:283: a warning\n"
+        )
         fit = Invocation(
             subcommand="fit",
-            command=["python", "-m", "convrepro", "fit"],
-            cwd="/",
+            command=command,
+            cwd=str(checkout),
             host="made-up",
             started=f"2026-01-01T10:{number:02d}:00+00:00",
             ended=f"2026-01-01T10:{number:02d}:30+00:00",
@@ -36,7 +71,7 @@ def grid_with_records(out: Path):
             devices={"names": ["cpu (x86_64)"]},
             data={
                 "datamodule": "CIFAR10DataModule",
-                "data_dir": "/d",
+                "data_dir": str(data_dir),
                 "published": False,
                 "files": {"train/": "f" * 64},
                 "fingerprint": "e" * 64,
@@ -45,15 +80,19 @@ def grid_with_records(out: Path):
         )
         write_provenance(folder, [fit])
         folder.checkpoints.mkdir()
-        (folder.checkpoints / "best.ckpt").write_bytes(b"weights")
+        best.write_bytes(b"weights")
         (folder.path / "wandb").mkdir()
     return spec
+
+
+def files_of(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_publish_copies_the_records_and_nothing_heavy(tmp_path):
     out = tmp_path / "grid"
     spec = grid_with_records(out)
-    published = publish(spec, out, tmp_path / "results")
+    published = publish(spec, out, tmp_path / "results").folder
     assert published == tmp_path / "results" / spec.name
     for run in spec.runs():
         copied = spec.run_folder(published, run).path
@@ -142,3 +181,226 @@ def test_readme_errors_are_one_line(tmp_path, bad, capsys):
     code = main(["readme", "--results", str(results), "--readme", str(readme)])
     assert code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# -- publish never loses published results ----------------------------------------------------
+
+
+def published_grid(tmp_path: Path) -> tuple[AblationSpec, Path, Path]:
+    """A grid in ``tmp_path/grid``, published into ``tmp_path/results``."""
+    out, results = tmp_path / "grid", tmp_path / "results"
+    spec = grid_with_records(out)
+    assert main(["publish", str(out), "--results", str(results)]) == 0
+    return spec, out, results
+
+
+def test_publish_where_the_runs_are_not_refuses_and_keeps_the_published_grid(tmp_path, capsys):
+    spec, out, results = published_grid(tmp_path)
+    before = files_of(results)
+    capsys.readouterr()
+    # The ablation file without --out: the default output folder, where this machine has no runs.
+    elsewhere = tmp_path / "elsewhere"
+    for flags in ([], ["--replace"], ["--replace", "--allow-incomplete"]):
+        code = main(
+            [
+                "publish",
+                str(out / SPEC_FILE),
+                "--out",
+                str(elsewhere),
+                "--results",
+                str(results),
+                *flags,
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+        assert f"{elsewhere}/runs/{spec.name}/" in err and "6 runs, 6 with a result" in err
+        assert files_of(results) == before
+    # Nor is an empty grid published where nothing was.
+    assert (
+        main(
+            [
+                "publish",
+                str(out / SPEC_FILE),
+                "--out",
+                str(elsewhere),
+                "--results",
+                str(tmp_path / "new"),
+            ]
+        )
+        == 2
+    )
+    assert "nothing to publish" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_publish_never_replaces_a_grid_by_one_with_fewer_results(tmp_path, capsys):
+    spec, out, results = published_grid(tmp_path)
+    before = files_of(results)
+    folder = spec.run_folder(out, spec.run("A", 1))
+    folder.write_summary(replace(folder.read_summary(), test={}))  # its result gone
+    capsys.readouterr()
+    code = main(["publish", str(out), "--results", str(results), "--replace", "--allow-incomplete"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "would lose the result of A-seed1" in err and files_of(results) == before
+
+
+def test_replacing_a_published_grid_takes_a_flag_and_says_what_changes(tmp_path, capsys):
+    spec, out, results = published_grid(tmp_path)
+    before = files_of(results)
+    capsys.readouterr()
+    assert main(["publish", str(out), "--results", str(results)]) == 2
+    assert "--replace" in capsys.readouterr().err and files_of(results) == before
+    assert main(["publish", str(out), "--results", str(results), "--replace"]) == 0
+    assert "same results (6 runs)" in capsys.readouterr().out
+    folder = spec.run_folder(out, spec.run("A", 0))
+    summary = folder.read_summary()
+    folder.write_summary(replace(summary, test={**summary.test, "test/acc": 0.5}))
+    assert main(["publish", str(out), "--results", str(results), "--replace"]) == 0
+    printed = capsys.readouterr().out
+    assert f"changed: A-seed0, test acc {100 * summary.test_acc:.2f}% -> 50.00%" in printed
+
+
+# -- an incomplete grid names its missing runs -------------------------------------------------
+
+
+def test_an_incomplete_grid_is_published_only_when_asked_and_names_its_missing_runs(
+    tmp_path, capsys
+):
+    out, results = tmp_path / "grid", tmp_path / "results"
+    spec = grid_with_records(out)
+    diverged = spec.run_folder(out, spec.run("A-LRN", 1))
+    diverged.write_summary(replace(diverged.read_summary(), test={}))
+    fit = Invocation(
+        subcommand="fit",
+        command=["python"],
+        cwd="/",
+        host="made-up",
+        started="2026-01-01T11:00:00+00:00",
+        ended="2026-01-01T11:01:00+00:00",
+        outcome="diverged",
+    )
+    write_provenance(diverged, [fit])
+    never = spec.run_folder(out, spec.run("A", 2))
+    shutil.rmtree(never.path)
+
+    assert main(["publish", str(out), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 of 6 planned runs" in err
+    assert "A-seed2 (never ran)" in err and "A-LRN-seed1 (diverged)" in err
+    assert "--allow-incomplete" in err and not results.exists()
+
+    assert main(["publish", str(out), "--results", str(results), "--allow-incomplete"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 6 planned runs have no result" in printed
+    assert "A seed 2: never ran" in printed and "A-LRN seed 1: diverged" in printed
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert f"### `{spec.name}`: 4 runs of 6 planned (2 arms x 3 seeds)" in text
+    assert "`A` seed 2: never ran; `A-LRN` seed 1: diverged" in text
+    assert "nan" not in text
+    assert "A-seed2 (never ran)" in (results / spec.name / "summary.md").read_text()
+
+
+# -- no machine paths in what ships --------------------------------------------------------------
+
+
+def test_published_records_name_no_path_of_the_machine(tmp_path):
+    out = tmp_path / "grid"
+    spec = grid_with_records(out)
+    published = publish(spec, out, tmp_path / "results").folder
+    for path, content in files_of(published).items():
+        if path.suffix != ".png":
+            text = content.decode()
+            assert str(tmp_path) not in text and not machine_paths_in(text), (path, text)
+    assert "Base config `configs/made-up.yaml`" in (published / "summary.md").read_text()
+    assert "data.init_args.data_dir=<DATA_DIR>" in (published / "summary.md").read_text()
+    assert {row.checkpoint for row in read_results_csv(published / "results.csv")} == {
+        "checkpoints/best.ckpt"
+    }
+    log = spec.run_folder(published, spec.runs()[0]).path / "log.txt"
+    assert f"Run folder: <out>/runs/{spec.name}/A-seed0" in log.read_text()
+    assert "<site-packages>/lightning/call.py" in log.read_text()
+    # The run's own folder keeps the full paths.
+    assert str(out) in (spec.run_folder(out, spec.runs()[0]).path / "log.txt").read_text()
+
+
+def test_scrub_takes_the_machine_paths_out_of_a_grid_published_before(tmp_path, capsys):
+    out, results = tmp_path / "grid", tmp_path / "results"
+    spec = grid_with_records(out)
+    old = results / spec.name  # as publish copied before it scrubbed
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    main(["report", str(old)])
+    assert machine_paths_in((old / "summary.md").read_text())
+    assert main(["scrub", str(old)]) == 0
+    for path, content in files_of(old).items():
+        if path.suffix != ".png":
+            assert not machine_paths_in(content.decode()), path
+    scrubbed = files_of(old)
+    assert main(["scrub", str(old)]) == 0  # once is enough
+    assert files_of(old) == scrubbed and "0 file(s) changed" in capsys.readouterr().out
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    assert main(["readme", "--results", str(results), "--readme", str(readme)]) == 0
+    assert "<DATA_DIR>" in readme.read_text()
+
+
+def test_what_ships_with_the_repository_names_no_machine_path():
+    for folder in (ROOT / "results", ROOT / "benchmarks" / "results"):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in TEXT_SUFFIXES:
+                found = machine_paths_in(path.read_text())
+                assert not found, f"{path}: {found[:3]}; python -m convrepro.ablate scrub"
+    results_section = (ROOT / "README.md").read_text().split(BEGIN)[1].split(END)[0]
+    assert not machine_paths_in(results_section)
+
+
+@pytest.mark.parametrize("in_configs", [True, False], ids=["configs-ablations", "outside"])
+def test_the_redo_line_runs_as_printed_on_a_fresh_clone(tmp_path, monkeypatch, in_configs):
+    """The README's Redo line, its placeholder filled in, starts the grid on a clone (a dry run:
+    every arm's config parsed, the data opened), whether or not its ablation file is in
+    configs/ablations/."""
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "configs", clone / "configs")
+    spec = load_spec(clone / "configs" / "ablations" / "lrn_conv_local_cifar.yaml")
+    if not in_configs:
+        spec = replace(spec, name="my_lrn_grid")
+    data = tmp_path / "cifar-jpegs"  # the grid's data, outside the clone
+    spec = spec.with_settings(["data.init_args.source=folders", f"data.init_args.data_dir={data}"])
+    out = tmp_path / "grid"
+    grid_with_records(out, spec)
+    for run in spec.runs():  # ran in the clone
+        folder = spec.run_folder(out, run)
+        provenance = json.loads(folder.provenance_file.read_text())
+        provenance["invocations"][0]["cwd"] = str(clone)
+        folder.provenance_file.write_text(json.dumps(provenance))
+    publish(spec, out, clone / "results")
+    readme = clone / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    update_readme(readme, clone / "results")
+    redo = next(line for line in readme.read_text().splitlines() if line.startswith("Redo"))
+    command = redo.split("`")[1]
+    assert "--set data.init_args.data_dir=<DATA_DIR>" in command and str(tmp_path) not in redo
+    assert ("lay outside configs/" in redo) is not in_configs
+    mine = make_cifar10_folders(tmp_path / "my-cifar", 100, 20, image_format="JPEG")
+    argv = shlex.split(command.replace("<DATA_DIR>", str(mine)))
+    assert argv[:3] == ["python", "-m", "convrepro.ablate"]
+    monkeypatch.chdir(clone)
+    assert main([*argv[3:], "--dry-run", "--out", str(tmp_path / "redo")]) == 0
+
+
+# -- bad input: one line ------------------------------------------------------------------------
+
+
+def test_readme_of_missing_folders_or_files_is_one_error_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    for argv, named in (
+        (["--results", str(tmp_path / "nowhere"), "--readme", str(readme)], "nowhere"),
+        (["--results", str(tmp_path), "--readme", str(tmp_path / "NOPE.md")], "NOPE.md"),
+    ):
+        assert main(["readme", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and named in err

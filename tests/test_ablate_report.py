@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from scipy import stats as scipy_stats
 from test_ablate_runner import assert_png, read_csv
 from test_ablate_spec import write_ablation_file
@@ -130,3 +131,11 @@ def test_report_refuses_a_test_result_of_another_checkpoint(tmp_path):
     summary.test_checkpoint = str(folder.checkpoints / "best.ckpt")
     folder.write_summary(summary)
     write_report(spec, out)
+
+
+def test_compare_of_a_binary_file_is_one_error_line(tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(photo)
+    assert main(["compare", str(photo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "photo.jpg" in err

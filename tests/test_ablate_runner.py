@@ -253,7 +253,10 @@ def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
     for failed, step, code in (("no-lrn-seed1", "fit", 3), ("lrn-seed0", "fit", 1)):
         assert f"{failed}: {step} exited with {code}; see {runs / failed / 'log.txt'}" in printed
     assert "lrn-seed1: test exited with 3" in printed
-    assert "3 of 4 runs have no test result yet: no-lrn-seed1, lrn-seed0, lrn-seed1" in printed
+    assert (
+        "3 of 4 runs have no test result yet: no-lrn-seed1 (failed), lrn-seed0 (failed), "
+        "lrn-seed1 (failed)" in printed
+    )
     assert [
         status_of(RunFolder(runs / r)) for r in ("no-lrn-seed0", "no-lrn-seed1", "lrn-seed0")
     ] == [
@@ -264,8 +267,8 @@ def test_rerun_skips_finished_runs_resumes_partial_ones_and_retries_failures(
     assert status_of(RunFolder(runs / "lrn-seed1")) is Status.UNTESTED
     assert [r["arm"] for r in read_csv(out / "results.csv")] == ["no-lrn"]
     assert (
-        "no test result yet (left out): no-lrn-seed1, lrn-seed0, lrn-seed1"
-        in (out / "summary.md").read_text()
+        "no test result yet (left out): no-lrn-seed1 (failed), lrn-seed0 (failed), "
+        "lrn-seed1 (failed)" in (out / "summary.md").read_text()
     )
 
     finished = runs / "no-lrn-seed0"

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from convrepro.data import CIFAR10DataModule
 from convrepro.models import VGG
+from convrepro.runs.scrub import machine_paths_in
 from convrepro.testing import (
     accepting_made_up_files,
     make_cifar10,
@@ -225,7 +226,9 @@ def test_the_vgg_init_and_paper_scale_runs_record_what_happened(tmp_path, script
     assert (literal["init_std"], caffe["init_std"]) == (0.1, 0.01)
     assert literal["initial_logit_std"] > 1e3 * caffe["initial_logit_std"]  # the blow-up
     assert caffe["steps_run"] == 2 and caffe["first_non_finite_step"] is None
-    assert json.loads((tmp_path / "vgg_init_cpu.json").read_text())["runs"][1] == caffe
+    saved = json.loads((tmp_path / "vgg_init_cpu.json").read_text())
+    settings = [s.replace(str(folders), "<DATA_DIR>") for s in caffe["settings"]]
+    assert saved["runs"][1] == {**caffe, "settings": settings}  # the data folder: a placeholder
     assert "| 0.01 |" in (tmp_path / "vgg_init_cpu.md").read_text()
 
     cifar = make_cifar10_folders(tmp_path / "cifar", n_train=60, n_test=10)
@@ -249,6 +252,24 @@ def test_the_vgg_init_and_paper_scale_runs_record_what_happened(tmp_path, script
     assert run["lrn_regime_after"]["backbone.features.rnorm1"] > 0
     saved = (tmp_path / "paper_scale_conv_local_cifar_cpu.md").read_text()
     assert "alpha * sum(a^2) / k, initialisation" in saved
+
+
+def test_benchmark_records_name_no_path_of_the_machine(tmp_path, scripts_importable, capsys):
+    import paper_scale
+
+    data = tmp_path / "cifar-jpegs"
+    command = (
+        f"python benchmarks/paper_scale.py --config {ROOT}/configs/conv_local_cifar.yaml "
+        f"--set data.init_args.data_dir={data}"
+    )
+    report = {"command": command, "settings": [f"--data.init_args.data_dir={data}"]}
+    paper_scale.record("made_up", report, f"`{command}`; data: {data}.", str(tmp_path), [str(data)])
+    written = sorted(tmp_path.glob("made_up_*"))  # _cpu or _cuda
+    assert [path.suffix for path in written] == [".json", ".md"]
+    for path in written:
+        text = path.read_text()
+        assert "--config configs/conv_local_cifar.yaml" in text and "<DATA_DIR>" in text
+        assert not machine_paths_in(text), text
 
 
 @pytest.mark.parametrize(

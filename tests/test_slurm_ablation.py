@@ -239,7 +239,7 @@ def test_failed_point_is_reported_with_its_log_and_the_others_finish(slurm_grid)
     assert printed[6] == "tiny: 4 done, 2 failed"
     assert main(["report", str(out)]) == 0
     summary = (out / "summary.md").read_text()
-    assert "no test result yet (left out): broken-seed0, broken-seed1" in summary
+    assert "no test result yet (left out): broken-seed0 (failed), broken-seed1 (failed)" in summary
 
 
 @pytest.mark.cluster

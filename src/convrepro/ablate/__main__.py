@@ -7,7 +7,9 @@
     python -m convrepro.ablate sweep ABLATION.yaml [--project P]
     python -m convrepro.ablate report ABLATION.yaml|OUT_DIR [--wandb ENTITY/PROJECT]
     python -m convrepro.ablate compare RESULTS.csv|OUT_DIR [...] [--output FILE]
-    python -m convrepro.ablate publish ABLATION.yaml|OUT_DIR [--results results]
+    python -m convrepro.ablate publish ABLATION.yaml|OUT_DIR [--results results] [--replace]
+        [--allow-incomplete]
+    python -m convrepro.ablate scrub PUBLISHED_DIR|RECORDS_DIR [--data-dir PATH ...]
     python -m convrepro.ablate readme [--check] [--results results] [--readme README.md]
 
 The first runs (or resumes) every arm x seed here and writes the report into ``--out`` (default
@@ -15,7 +17,8 @@ The first runs (or resumes) every arm x seed here and writes the report into ``-
 a single grid point (what every launcher runs); ``status`` shows every point's state; ``sweep``
 writes a W&B sweep of the grid; ``report`` re-renders the report from the run folders (or from a
 W&B group) without training; ``compare`` puts results next to published numbers; ``publish``
-copies a finished grid's records (no checkpoints) into ``results/<name>/``; ``readme`` renders
+copies a finished grid's records (no checkpoints, no machine paths) into ``results/<name>/``;
+``scrub`` takes the machine paths out of records published before, in place; ``readme`` renders
 the README's results section from ``results/`` (``--check``: fail if the README differs).
 
 Each command imports what it needs when it runs: ``one`` starts once per grid point and should
@@ -46,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report,
         "compare": _compare,
         "publish": _publish,
+        "scrub": _scrub,
         "readme": _readme,
     }
     command = commands.get(argv[0]) if argv else None
@@ -236,16 +240,69 @@ def _publish(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} publish",
         description="Copy an ablation's records (report, and per run config.yaml, "
-        "provenance.json, summary.json, history.csv, log.txt; no checkpoints, no W&B files) "
-        "into RESULTS/<name>/, for committing.",
+        "provenance.json, summary.json, history.csv, log.txt; no checkpoints, no W&B files, "
+        "no paths of this machine) into RESULTS/<name>/, for committing. Refused when no run "
+        "has a result, and when it would replace a published copy holding more.",
     )
     _add_source_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="default: results")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an earlier published copy (never by fewer runs or results); the console "
+        "lists what changes",
+    )
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="publish although planned runs have no result; the README names each",
+    )
     args = parser.parse_args(argv)
     spec, out = _spec_and_out(args.source, args.out)
     from convrepro.ablate.publish import publish
 
-    print(f"published {publish(spec, out, args.results)}")
+    done = publish(
+        spec, out, args.results, replace=args.replace, allow_incomplete=args.allow_incomplete
+    )
+    print(f"published {done.folder}")
+    for change in done.changes:
+        print(f"  {change}")
+    if done.missing:
+        print(f"{len(done.missing)} of {len(spec.runs())} planned runs have no result:")
+        for run in done.missing:
+            print(f"  {run.arm} seed {run.seed}: {run.why}")
+    return 0
+
+
+def _scrub(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} scrub",
+        description="Take the paths of the machine they were made on out of records published "
+        "before publish did so, in place: a published grid (its report re-rendered) or a "
+        "folder of records (benchmarks/results).",
+    )
+    parser.add_argument("folder", type=Path, help="results/<name>, or benchmarks/results")
+    parser.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a data folder the records name (repeatable), to show as <DATA_DIR>; a published "
+        "grid's own are read from its provenance",
+    )
+    args = parser.parse_args(argv)
+    from convrepro.ablate.publish import scrub_published
+    from convrepro.runs.scrub import MachinePaths, found_in_provenance
+
+    if not args.folder.is_dir():
+        raise AblationError(f"{args.folder}/ not found: give a published grid or records folder")
+    given = MachinePaths(data=tuple(str(Path(p).absolute()) for p in args.data_dir))
+    if (args.folder / SPEC_FILE).is_file():
+        changed = scrub_published(args.folder, given)
+    else:
+        paths = found_in_provenance(args.folder) + given
+        changed = paths.scrub_files(sorted(args.folder.rglob("*")))
+    print(f"{args.folder}: {len(changed)} file(s) changed")
     return 0
 
 
@@ -275,13 +332,15 @@ def _readme(argv: list[str]) -> int:
 
 def _write_report(spec: AblationSpec, out: Path) -> None:
     from convrepro.ablate.report import collect_results, write_report
+    from convrepro.ablate.results import runs_without_result
 
     for path in write_report(spec, out):
         print(f"wrote {path}")
-    missing = collect_results(spec, out)[1]
+    missing = runs_without_result(spec, out, collect_results(spec, out)[0])
     if missing:
         total = len(spec.runs())
-        print(f"{len(missing)} of {total} runs have no test result yet: {', '.join(missing)}")
+        listed = ", ".join(map(str, missing))
+        print(f"{len(missing)} of {total} runs have no test result yet: {listed}")
 
 
 def _copy_wandb_group(spec: AblationSpec, project: str, out: Path) -> None:

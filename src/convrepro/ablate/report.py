@@ -21,6 +21,7 @@ from convrepro.ablate.results import (
     RunResult,
     collect_results,
     read_results_csv,
+    runs_without_result,
     test_percent_by_arm,
     write_results_csv,
 )
@@ -35,7 +36,8 @@ TEST_PLOT = "test_acc.png"
 
 def write_report(spec: AblationSpec, out: Path) -> list[Path]:
     """Write ``results.csv``, ``summary.md`` and both plots into ``out``; returns their paths."""
-    results, missing = collect_results(spec, out)
+    results = collect_results(spec, out)[0]
+    missing = [str(run) for run in runs_without_result(spec, out, results)]  # id (why)
     write_results_csv(results, out / RESULTS_FILE)
     # Provenance: do all runs share one code version and data fingerprint? (runs/provenance.py)
     provenance = compare_provenance([spec.run_folder(out, run) for run in spec.runs()])

@@ -6,13 +6,16 @@ Accuracies are fractions here, as in the run files.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from convrepro.ablate.point import Failure
 from convrepro.ablate.spec import AblationSpec
 from convrepro.errors import AblationError
+from convrepro.runs.folder import RunFolder
 from convrepro.training import metrics
 
 RESULTS_FILE = "results.csv"
@@ -29,7 +32,7 @@ class RunResult:
     test_acc_top5: float
     epochs: int
     wall_time_s: float  # fit time summed over resumes, from the run's summary.json
-    checkpoint: str
+    checkpoint: str  # relative to the run folder: checkpoints/best.ckpt
     #: The single centre view's accuracy, for test protocols that have one; NaN otherwise.
     test_acc_center: float = math.nan
 
@@ -58,11 +61,63 @@ def collect_results(spec: AblationSpec, out: Path) -> tuple[list[RunResult], lis
                 test_acc_top5=_or_nan(summary.test_acc_top5),
                 epochs=summary.epochs or 0,
                 wall_time_s=round(_or_nan(summary.fit_seconds), 1),
-                checkpoint=summary.best_checkpoint or "",
+                checkpoint=_in_run_folder(summary.best_checkpoint or "", folder.path),
                 test_acc_center=_or_nan(summary.test.get(metrics.TEST_ACC_CENTER)),
             )
         )
     return results, missing
+
+
+@dataclass(frozen=True)
+class MissingRun:
+    """A planned run without a test result, and why (:func:`why_no_result`)."""
+
+    arm: str
+    seed: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.arm}-seed{self.seed} ({self.why})"
+
+
+def runs_without_result(
+    spec: AblationSpec, out: Path, results: Iterable[RunResult]
+) -> list[MissingRun]:
+    """The runs of ``spec`` missing from ``results``, each with why, read from its folder under
+    ``out`` (a grid's folder or its published copy: both keep the run's provenance)."""
+    have = {(result.arm, result.seed) for result in results}
+    return [
+        MissingRun(run.arm, run.seed, why_no_result(spec.run_folder(out, run)))
+        for run in spec.runs()
+        if (run.arm, run.seed) not in have
+    ]
+
+
+def why_no_result(folder: RunFolder) -> str:
+    """``never ran``, ``diverged``, ``failed``, ``interrupted``, ``not tested`` or ``unfinished``
+    (killed, or still running): what the run folder's records say of a run without a result."""
+    invocations = []
+    if folder.provenance_file.is_file():
+        invocations = json.loads(folder.provenance_file.read_text()).get("invocations", [])
+    outcome = (invocations[-1].get("outcome") or "") if invocations else ""
+    if outcome == "diverged":
+        return "diverged"
+    if outcome.startswith("failed") or Failure.recorded_in(folder) is not None:
+        return "failed"
+    if outcome.startswith("stopped by"):
+        return "interrupted"
+    if folder.path.is_dir() and folder.read_summary().fit_finished:
+        return "not tested"
+    return "unfinished" if invocations else "never ran"
+
+
+def _in_run_folder(checkpoint: str, run: Path) -> str:
+    """``checkpoint`` relative to its run folder (``checkpoints/best.ckpt``): the same wherever
+    the grid ran or was copied to. As recorded if it lies elsewhere."""
+    parts = Path(checkpoint).parts
+    if run.name in parts:
+        return Path(*parts[len(parts) - parts[::-1].index(run.name) :]).as_posix()
+    return checkpoint
 
 
 def _check_tested_checkpoint(run: Path, tested: str | None, best: str | None) -> None:
@@ -93,8 +148,14 @@ def write_results_csv(results: Iterable[RunResult], path: Path) -> None:
 
 def read_results_csv(path: Path) -> list[RunResult]:
     """Rows of a ``results.csv`` written by :func:`write_results_csv`."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise AblationError(
+            f"{path} is not an ablation results.csv (not a CSV text file: {error}); give a "
+            f"{RESULTS_FILE} that an ablation wrote, or its folder"
+        ) from None
     required = [c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS]
     missing = [c for c in required if rows and c not in rows[0]]
     if not rows or missing:

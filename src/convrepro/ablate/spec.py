@@ -242,7 +242,9 @@ def _base(path: Path, base: Any, need_base: bool) -> Path:
     if found is None and need_base:
         tried = " or ".join(str(c) for c in candidates)
         raise AblationError(f"{path}: base config {base!r} not found (tried {tried})")
-    return (found or candidates[0]).resolve()
+    # Not found (need_base=False): as written, not resolved against this machine's folders; a
+    # published copy's `configs/x.yaml` would otherwise read as a path on the reader's machine.
+    return found.resolve() if found else Path(base)
 
 
 def _seeds(path: Path, seeds: Any) -> tuple[int, ...]:

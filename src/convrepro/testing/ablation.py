@@ -29,6 +29,7 @@ def write_made_up_ablation(
     seed_spread: float = 0.004,
     run_noise: float = 0.002,
     rng_seed: int = 0,
+    spec: AblationSpec | None = None,
 ) -> AblationSpec:
     """Fabricate a finished ablation under ``out``; returns its spec. NOT real results.
 
@@ -38,10 +39,17 @@ def write_made_up_ablation(
     the baseline). Each seed shifts all arms alike by ``N(0, seed_spread)`` (the paired
     design), each run adds ``N(0, run_noise)``; validation accuracy rises to the test level
     like ``1 - exp(-epoch/3)``.
+
+    ``spec``: fabricate the runs of this grid instead (a real ablation file's, for tests of what
+    a published grid's records say; its seeds, not ``seeds``; every effect 0 unless ``effects``
+    says). Its name is not :data:`MADE_UP_NAME`: keep such runs in tests.
     """
+    if spec is not None:
+        effects = {arm: 0.0 for arm in spec.arms} | dict(effects or {})
+        seeds = spec.seeds
     effects = dict(effects or {"A": 0.0, "A-LRN": -0.003})
     out = Path(out)
-    spec = AblationSpec(
+    spec = spec or AblationSpec(
         name=MADE_UP_NAME,
         base=Path("made-up.yaml"),
         seeds=tuple(seeds),
