@@ -26,7 +26,6 @@ Writes ``<out>/precision_<device>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -41,7 +40,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
-from common import device_name
+from common import device_name, write_record
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.cli import instantiate_class
 from throughput import ClockCallback, StepClock
@@ -282,10 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_gflops": {name: flops / 1e9 for name, flops in peaks.items()},
         "networks": summarise(windows, timing, peaks),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "precision_cpu"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_record(args.out / "precision_cpu", report, markdown(report))
     print(markdown(report))
     return report
 
