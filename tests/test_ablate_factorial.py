@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from test_ablate_publish import grid_with_records
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate import factorial
-from convrepro.ablate.report import render_summary
+from convrepro.ablate.publish import publish, render_results_section
+from convrepro.ablate.report import PUBLISHED_EFFECTS, render_summary
 from convrepro.ablate.results import RunResult
 from convrepro.ablate.spec import load_spec
 from convrepro.errors import AblationError
+from convrepro.testing import write_made_up_ablation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ARMS = {
     "13pct": {"model.backbone.init_args.definition": "13pct"},
@@ -127,3 +134,32 @@ def test_summary_has_the_factorial_reading(tmp_path):
 def test_bad_factors_are_one_clear_error(tmp_path, factors, message):
     with pytest.raises(AblationError, match=message):
         spec_with(tmp_path, factors=factors)
+
+
+def test_published_effects_name_effects_of_their_ablation():
+    """Every number measured elsewhere sits next to an effect the ablation's file has."""
+    for ablation, label in PUBLISHED_EFFECTS:
+        spec = load_spec(ROOT / "configs" / "ablations" / f"{ablation}.yaml")
+        assert label in {c.label for c in spec.factors.contrasts()}, (ablation, label)
+
+
+def test_the_readme_section_of_a_factorial_grid_opens_with_the_answer(tmp_path):
+    """The real files grid, its runs made up (LRN +1 point of accuracy in the 11pct file
+    only): the README gets the answer table first, then the grid with its 2x2 reading."""
+    spec = load_spec(ROOT / "configs" / "ablations" / "files_conv_local_cifar.yaml")
+    out = tmp_path / "grid"
+    grid_with_records(out, spec)
+    effects = {"13pct": 0.0, "13pct-with-lrn": 0.0, "11pct-without-lrn": 0.0, "11pct": 0.01}
+    write_made_up_ablation(out, effects=effects, spec=spec, seed_spread=0.0, run_noise=0.0)
+    publish(spec, out, tmp_path / "results")
+    section = render_results_section(tmp_path / "results", tmp_path)
+    answer, detail = section.split("### `files_conv_local_cifar`")
+    assert "### The answer on one screen" in answer
+    files = "| both changes: `11pct` - `13pct` | both | -1.00 |"
+    assert files in answer and "-2 (13% -> 11%): the paper" in answer
+    assert "| LRN x local3 width + fc10 wc | interaction | -1.00 |" in answer
+    lrn_alone = "| LRN: off -> on, at local3 width + fc10 wc 13pct (32, 0.004) | simple | +0.00 |"
+    assert lrn_alone in answer and "3878e8f" in answer
+    assert "The 2x2 reading of the four arms (multiview error" not in answer
+    assert "The 2x2 reading of the four arms" in detail
+    assert "| 13pct | 5 |" in detail and "4-layer CNN, layers-conv-local-13pct.cfg" in detail

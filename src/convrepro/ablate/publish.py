@@ -30,17 +30,20 @@ from typing import Any
 
 import yaml
 
-from convrepro.ablate import stats
+from convrepro.ablate import factorial, stats
 from convrepro.ablate.report import (
     CURVES_PLOT,
+    PUBLISHED_EFFECTS,
     REPORT_FILE,
     TEST_PLOT,
     _ci,
     _mean_std,
     _number,
     _p,
+    _range,
     _signed,
     published_for,
+    render_factorial,
     write_report,
 )
 from convrepro.ablate.results import (
@@ -271,8 +274,34 @@ def render_results_section(results_root: Path, repository: Path) -> str:
     folders = sorted(p for p in results_root.iterdir() if (p / SPEC_FILE).is_file())
     if not folders:
         raise AblationError(f"no published ablation in {results_root}/ (publish one first)")
-    parts = [render_ablation(PublishedAblation.read(folder), repository) for folder in folders]
+    published = [PublishedAblation.read(folder) for folder in folders]
+    parts = [render_answer(p) for p in published if p.spec.factors is not None]
+    parts += [render_ablation(p, repository) for p in published]
     return "\n".join([BEGIN, "", *parts, END])
+
+
+def render_answer(published: PublishedAblation) -> str:
+    """A factorial grid's effects on one screen: each change alone, averaged, together, with
+    what others measured beside them."""
+    spec = published.spec
+    errors = _errors_by_arm(published.results, spec, "test_acc")
+    lines = [
+        "### The answer on one screen",
+        "",
+        f"`{spec.name}`, test error (multiview where the protocol has it), percentage points; "
+        "negative = fewer errors. 95% CI: Welch-Satterthwaite over seeds.",
+        "",
+        "| change | kind | Δ error | 95% CI | runs | measured elsewhere |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for effect in factorial.effects(spec.factors, errors):
+        label = effect.contrast.label
+        elsewhere = PUBLISHED_EFFECTS.get((spec.name, label), "-")
+        lines.append(
+            f"| {label} | {effect.contrast.kind} | {_signed(effect.welch.difference)} "
+            f"| {_range(effect.welch)} | {effect.runs} | {elsewhere} |"
+        )
+    return "\n".join([*lines, ""])
 
 
 def render_ablation(published: PublishedAblation, repository: Path) -> str:
@@ -314,6 +343,15 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
             f"{p.top1:g}% ({p.model}, {p.dataset})" for p in published_for(spec.name, arm)
         )
         lines.append("| " + " | ".join([*cells, paper or "-"]) + " |")
+    if spec.factors is not None:
+        kind = "multiview" if has_centre else "test"
+        lines += [
+            "",
+            f"The 2x2 reading of the four arms ({kind} error, percentage points; "
+            "[the answer](#the-answer-on-one-screen) above in short):",
+            "",
+            *render_factorial(spec.factors, errors),
+        ]
     lines += ["", *_differences(spec, errors, centre if has_centre else None), ""]
     lines += _budget(results, records)
     lines += _provenance(records)
