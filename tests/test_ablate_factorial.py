@@ -154,7 +154,7 @@ def test_the_readme_section_of_a_factorial_grid_opens_with_the_answer(tmp_path):
     publish(spec, out, tmp_path / "results")
     section = render_results_section(tmp_path / "results", tmp_path)
     answer, detail = section.split("### `files_conv_local_cifar`")
-    assert "### The answer on one screen" in answer
+    assert "### In short: `files_conv_local_cifar`" in answer
     files = "| both changes: `11pct` - `13pct` | both | -1.00 |"
     assert files in answer and "-2 (13% -> 11%): the paper" in answer
     assert "| LRN x local3 width + fc10 wc | interaction | -1.00 |" in answer

@@ -286,10 +286,11 @@ def render_answer(published: PublishedAblation) -> str:
     spec = published.spec
     errors = _errors_by_arm(published.results, spec, "test_acc")
     lines = [
-        "### The answer on one screen",
+        f"### In short: `{spec.name}`",
         "",
-        f"`{spec.name}`, test error (multiview where the protocol has it), percentage points; "
-        "negative = fewer errors. 95% CI: Welch-Satterthwaite over seeds.",
+        "Test error (multiview where the protocol has it), percentage points; negative = fewer "
+        "errors; 95% CI: Welch-Satterthwaite over seeds. The grid's section below has the "
+        "arms, the paired intervals and p-values.",
         "",
         "| change | kind | Δ error | 95% CI | runs | measured elsewhere |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -347,8 +348,7 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
         kind = "multiview" if has_centre else "test"
         lines += [
             "",
-            f"The 2x2 reading of the four arms ({kind} error, percentage points; "
-            "[the answer](#the-answer-on-one-screen) above in short):",
+            f"The 2x2 reading of the four arms ({kind} error, percentage points):",
             "",
             *render_factorial(spec.factors, errors),
         ]
