@@ -28,6 +28,7 @@ from convrepro.ablate.__main__ import main
 from convrepro.ablate.point import FAILURE_FILE, LOCK_FILE, SETTINGS_FILE, Status, status_of
 from convrepro.ablate.results import RESULT_COLUMNS
 from convrepro.ablate.spec import load_spec
+from convrepro.errors import AblationError
 from convrepro.runs import RunFolder
 from convrepro.testing import make_cifar10, skip_md5_checks
 
@@ -420,3 +421,22 @@ def test_status_reads_the_scheduler_and_the_run_folders(tmp_path, monkeypatch, c
         ["lrn-seed0", "queued", "job 7_2 (Priority)"],
         ["lrn-seed1", "failed", f"job 7_3 ended before the run started; see {logs['lrn-seed1']}"],
     ]
+
+
+def test_a_grid_refuses_to_run_other_code_than_its_checkouts(tmp_path, monkeypatch, capsys):
+    """A worktree pinned to a commit, with the package imported from another checkout (an
+    editable install): its points would train with that other code. Refused before anything
+    runs; the checkout the package comes from is fine."""
+    from convrepro.ablate import preflight
+
+    worktree = tmp_path / "worktree"
+    (worktree / "src" / "convrepro").mkdir(parents=True)
+    with pytest.raises(AblationError, match=r"would not run the code of .*PYTHONPATH=src"):
+        preflight.check_code_is_this_checkout(worktree)
+    preflight.check_code_is_this_checkout(Path(preflight.__file__).parents[3])
+    preflight.check_code_is_this_checkout(tmp_path)  # not a checkout: nothing to compare
+    monkeypatch.chdir(worktree)
+    ablation = write_ablation_file(tmp_path)
+    assert main([str(ablation), "--out", str(tmp_path / "out")]) == 2
+    assert "would not run the code of" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -56,6 +56,7 @@ def run_grid(
         dry_run: Check the configs, print what would run, run nothing, write nothing.
     """
     runs = spec.runs()
+    preflight.check_code_is_this_checkout()
     check_settings_unchanged(spec, out, runs)
     configs = preflight.parse_every_arm(spec, out)
     statuses = {run.id: status_of(spec.run_folder(out, run)) for run in runs}

@@ -3,6 +3,10 @@
 * Every arm's full config (base config, overrides, the runner's arguments) goes through the CLI's
   own parser, which knows every key and type: a misspelled key fails here, in one line naming the
   arm, before anything trains (``--dry-run`` included).
+* The code that runs is the checkout's the grid is started from: a grid started in a checkout
+  (or a worktree pinned to a commit) whose ``src/convrepro`` is not the package Python imports
+  (an editable install of another checkout, say) would train with the other code, point by
+  point as it changes there, while the user thinks it is pinned.
 * The data each arm reads is opened once (``prepare_data`` and ``setup``, as a run would: with
   ``download: true`` that downloads it here, once). Runs that share missing data would all fail
   alike; they are stopped here, at the first, and nothing runs or is submitted.
@@ -24,6 +28,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch.cli import instantiate_class
 
+import convrepro
 from convrepro.ablate.point import cli_args
 from convrepro.ablate.spec import AblationSpec
 from convrepro.cli import ConvReproCLI
@@ -32,6 +37,19 @@ from convrepro.errors import AblationError, UserError
 # What seed_everything leaves in the environment; a parse must not pass it on to later runs.
 _SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 _SEED_LOGGER = "lightning.fabric.utilities.seed"
+
+
+def check_code_is_this_checkout(here: Path | None = None) -> None:
+    """Refuse to run a grid from a checkout whose code is not the code Python imports."""
+    here = (here or Path.cwd()).resolve()
+    own = here / "src" / "convrepro"
+    imported = Path(convrepro.__file__).resolve().parent
+    if own.is_dir() and imported != own.resolve():
+        raise AblationError(
+            f"this grid would not run the code of {here}: Python imports convrepro from "
+            f"{imported} (an install of another checkout); run it with PYTHONPATH=src, or "
+            f"pip install -e . here, so the runs train with this checkout's code"
+        )
 
 
 class _ParseOnlyCLI(ConvReproCLI):
