@@ -1,6 +1,7 @@
 """Command line of the ablation runner.
 
     python -m convrepro.ablate ABLATION.yaml [--out DIR] [--devices 0,1] [--dry-run]
+        [--commit-records [--push]]
     python -m convrepro.ablate ABLATION.yaml --launcher slurm [--partition P --time 4:00:00 ...]
     python -m convrepro.ablate one ABLATION.yaml --arm A --seed 0 [--out DIR]
     python -m convrepro.ablate status ABLATION.yaml|OUT_DIR
@@ -84,16 +85,38 @@ def _run(argv: list[str]) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="check the configs, print the plan, run nothing"
     )
+    parser.add_argument(
+        "--commit-records",
+        action="store_true",
+        help="local: keep the grid's records in grids/<name>/ of this checkout: points "
+        "committed there count as done (refused if made by other code, data or settings), and "
+        "each point's records (no checkpoints) are committed there as it finishes",
+    )
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="with --commit-records: push the branch to its upstream after each commit",
+    )
     _add_set_argument(parser)
     add_override_arguments(parser)
     args = parser.parse_args(argv)
+    if args.push and not args.commit_records:
+        raise AblationError("--push pushes what --commit-records commits: give both, or neither")
+    if args.commit_records and args.launcher != "local":
+        raise AblationError("--commit-records works with the local launcher (--launcher local)")
     spec = load_spec(args.ablation).with_settings(args.set)
     out = args.out or default_out(spec.name)
     if args.launcher == "slurm":
         return _submit(spec, out, args)
     from convrepro.ablate.local import run_grid
 
-    failures = run_grid(spec, out, args.devices, args.dry_run)
+    records = None
+    if args.commit_records:
+        from convrepro.ablate.grid_records import GridRecords
+        from convrepro.runs.scrub import REPOSITORY
+
+        records = GridRecords.open(spec, out, REPOSITORY, push=args.push)
+    failures = run_grid(spec, out, args.devices, args.dry_run, records)
     if not args.dry_run:
         _write_report(spec, out)
     if failures:
