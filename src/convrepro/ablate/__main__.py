@@ -14,13 +14,15 @@
     python -m convrepro.ablate readme [--check] [--results results] [--readme README.md]
 
 The first runs (or resumes) every arm x seed here and writes the report into ``--out`` (default
-``runs/ablations/<name>``), or submits the unfinished points to SLURM and returns; ``one`` runs
-a single grid point (what every launcher runs); ``status`` shows every point's state; ``sweep``
-writes a W&B sweep of the grid; ``report`` re-renders the report from the run folders (or from a
-W&B group) without training; ``compare`` puts results next to published numbers; ``publish``
-copies a finished grid's records (no checkpoints, no machine paths) into ``results/<name>/``;
-``scrub`` takes the machine paths out of records published before, in place; ``readme`` renders
-the README's results section from ``results/`` (``--check``: fail if the README differs).
+``runs/ablations/<name>``; with ``--commit-records`` it continues from, and commits each finished
+point's records to, ``grids/<name>/``: :mod:`~convrepro.ablate.grid_records`), or submits the
+unfinished points to SLURM and returns; ``one`` runs a single grid point (what every launcher
+runs); ``status`` shows every point's state; ``sweep`` writes a W&B sweep of the grid;
+``report`` re-renders the report from the run folders (or from a W&B group) without training;
+``compare`` puts results next to published numbers; ``publish`` copies a finished grid's records
+(no checkpoints, no machine paths) into ``results/<name>/``; ``scrub`` takes the machine paths
+out of records published before, in place; ``readme`` renders the README's results section from
+``results/`` (``--check``: fail if the README differs).
 
 Each command imports what it needs when it runs: ``one`` starts once per grid point and should
 not wait for the plotting and statistics libraries.
