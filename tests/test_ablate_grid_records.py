@@ -165,7 +165,9 @@ def test_a_grid_stopped_between_points_continues_on_a_fresh_clone(tmp_path, monk
     assert "data.init_args.data_dir: <DATA_DIR>" in (grid / SPEC_FILE).read_text()
 
 
-def test_records_of_other_code_or_data_are_refused_before_anything_runs(tmp_path, monkeypatch):
+def test_records_of_other_code_data_or_settings_are_refused_before_anything_runs(
+    tmp_path, monkeypatch
+):
     data_a, origin = stopped_after_seed_0(tmp_path, monkeypatch)
     started = points_run(monkeypatch)
 
@@ -179,12 +181,19 @@ def test_records_of_other_code_or_data_are_refused_before_anything_runs(tmp_path
         run_grid(spec, out, records=records)
 
     same = clone(origin, tmp_path / "same")
+    spec = grid_on(same, data_a, monkeypatch).with_settings(["trainer.max_epochs=3"])
+    out = tmp_path / "out-settings"
+    other_settings = r"its settings differ \(recorded --trainer.max_epochs=2; now --trainer.max_"
+    with pytest.raises(AblationError, match=other_settings):
+        run_grid(spec, out, records=GridRecords.open(spec, out, same))
+
     other_data = make_cifar10(tmp_path / "data-other", n_train=96, n_test=32, seed=1)
     spec, out = grid_on(same, other_data, monkeypatch), tmp_path / "out-other"
     with pytest.raises(AblationError, match=r"lrn-seed0: made from other data \(fingerprint"):
         run_grid(spec, out, records=GridRecords.open(spec, out, same))
 
-    assert started == [] and not out.exists()  # refused before anything ran or was written
+    assert started == []  # refused before anything ran or was written:
+    assert not [path for path in tmp_path.glob("out-*") if path.name != "out-a"]
     (same / "code.py").write_text("VERSION = 3\n")
     with pytest.raises(AblationError, match="has uncommitted changes"):
         GridRecords.open(spec, out, same)
