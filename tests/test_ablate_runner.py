@@ -37,7 +37,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Stands in for `python -m convrepro`: writes what the CLI writes, no training. The test
 # accuracy is 80% + 1 point per seed + 2 points with LRN. FAKE_FAIL="<run id>:<step>,..." makes
 # that step exit 3 before doing anything; FAKE_CRASH="<run id>" dies in fit right after epoch 0's
-# checkpoint, as a killed run would.
+# checkpoint, as a killed run would. FAKE_PROVENANCE='{"code": ..., "data": ...}' appends each
+# step's record to provenance.json with that code version and data fingerprint.
 FAKE_CLI = r"""
 import json, os, sys
 from pathlib import Path
@@ -71,6 +72,14 @@ else:
     lrn = args.get("model.backbone.init_args.lrn") == "true"
     summary.update({"test/acc": 0.80 + 0.01 * seed + 0.02 * lrn, "test/acc_top5": 0.99})
 summary_file.write_text(json.dumps(summary))
+if os.environ.get("FAKE_PROVENANCE"):
+    record = {"subcommand": subcommand, "command": ["python", "-m", "convrepro", *sys.argv[1:]],
+              "cwd": os.getcwd(), "host": "fake", "started": "2026-01-01T00:00:00Z",
+              "ended": "2026-01-01T00:01:00Z", "outcome": "finished",
+              **json.loads(os.environ["FAKE_PROVENANCE"])}
+    path = run_dir / "provenance.json"
+    invocations = json.loads(path.read_text())["invocations"] if path.exists() else []
+    path.write_text(json.dumps({"invocations": [*invocations, record]}))
 """
 
 
@@ -127,7 +136,7 @@ def fake_cli(tmp_path, monkeypatch):
     monkeypatch.setattr(point, "run_cli", run_cli)
     monkeypatch.setattr(local, "run_command", run_command)
     skip_md5_checks(monkeypatch)  # the launcher opens the made-up data before running
-    for variable in ("FAKE_FAIL", "FAKE_CRASH"):
+    for variable in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_PROVENANCE"):
         monkeypatch.delenv(variable, raising=False)
 
 

@@ -1,6 +1,7 @@
 """Command line of the ablation runner.
 
     python -m convrepro.ablate ABLATION.yaml [--out DIR] [--devices 0,1] [--dry-run]
+        [--commit-records [--push]]
     python -m convrepro.ablate ABLATION.yaml --launcher slurm [--partition P --time 4:00:00 ...]
     python -m convrepro.ablate one ABLATION.yaml --arm A --seed 0 [--out DIR]
     python -m convrepro.ablate status ABLATION.yaml|OUT_DIR
@@ -13,13 +14,15 @@
     python -m convrepro.ablate readme [--check] [--results results] [--readme README.md]
 
 The first runs (or resumes) every arm x seed here and writes the report into ``--out`` (default
-``runs/ablations/<name>``), or submits the unfinished points to SLURM and returns; ``one`` runs
-a single grid point (what every launcher runs); ``status`` shows every point's state; ``sweep``
-writes a W&B sweep of the grid; ``report`` re-renders the report from the run folders (or from a
-W&B group) without training; ``compare`` puts results next to published numbers; ``publish``
-copies a finished grid's records (no checkpoints, no machine paths) into ``results/<name>/``;
-``scrub`` takes the machine paths out of records published before, in place; ``readme`` renders
-the README's results section from ``results/`` (``--check``: fail if the README differs).
+``runs/ablations/<name>``; with ``--commit-records`` it continues from, and commits each finished
+point's records to, ``grids/<name>/``: :mod:`~convrepro.ablate.grid_records`), or submits the
+unfinished points to SLURM and returns; ``one`` runs a single grid point (what every launcher
+runs); ``status`` shows every point's state; ``sweep`` writes a W&B sweep of the grid;
+``report`` re-renders the report from the run folders (or from a W&B group) without training;
+``compare`` puts results next to published numbers; ``publish`` copies a finished grid's records
+(no checkpoints, no machine paths) into ``results/<name>/``; ``scrub`` takes the machine paths
+out of records published before, in place; ``readme`` renders the README's results section from
+``results/`` (``--check``: fail if the README differs).
 
 Each command imports what it needs when it runs: ``one`` starts once per grid point and should
 not wait for the plotting and statistics libraries.
@@ -84,16 +87,38 @@ def _run(argv: list[str]) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="check the configs, print the plan, run nothing"
     )
+    parser.add_argument(
+        "--commit-records",
+        action="store_true",
+        help="local: keep the grid's records in grids/<name>/ of this checkout: points "
+        "committed there count as done (refused if made by other code, data or settings), and "
+        "each point's records (no checkpoints) are committed there as it finishes",
+    )
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="with --commit-records: push the branch to its upstream after each commit",
+    )
     _add_set_argument(parser)
     add_override_arguments(parser)
     args = parser.parse_args(argv)
+    if args.push and not args.commit_records:
+        raise AblationError("--push pushes what --commit-records commits: give both, or neither")
+    if args.commit_records and args.launcher != "local":
+        raise AblationError("--commit-records works with the local launcher (--launcher local)")
     spec = load_spec(args.ablation).with_settings(args.set)
     out = args.out or default_out(spec.name)
     if args.launcher == "slurm":
         return _submit(spec, out, args)
     from convrepro.ablate.local import run_grid
 
-    failures = run_grid(spec, out, args.devices, args.dry_run)
+    records = None
+    if args.commit_records:
+        from convrepro.ablate.grid_records import GridRecords
+        from convrepro.runs.scrub import REPOSITORY
+
+        records = GridRecords.open(spec, out, REPOSITORY, push=args.push)
+    failures = run_grid(spec, out, args.devices, args.dry_run, records)
     if not args.dry_run:
         _write_report(spec, out)
     if failures:

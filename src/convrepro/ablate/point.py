@@ -161,6 +161,12 @@ def settings_of(spec: AblationSpec, run: Run) -> dict[str, Any]:
     return {"base_config": yaml.safe_load(spec.base.read_text()), "args": run.cli_args()}
 
 
+def write_settings(spec: AblationSpec, folder: RunFolder, run: Run) -> None:
+    """Record in ``folder`` that ``run`` starts (or, restored from its records, started) with
+    today's settings (:data:`SETTINGS_FILE`)."""
+    write_atomic(folder.path / SETTINGS_FILE, json.dumps(settings_of(spec, run), indent=2))
+
+
 def check_settings_unchanged(spec: AblationSpec, out: Path, runs: Sequence[Run]) -> None:
     """Refuse runs that started (a checkpoint or a summary) with other settings than now."""
     changed = []
@@ -198,8 +204,7 @@ def run_point(
         if primary:
             (folder.path / FAILURE_FILE).unlink(missing_ok=True)  # this attempt's outcome counts
             if not has_started(folder):  # a run that never trained takes today's settings
-                settings = json.dumps(settings_of(spec, run), indent=2)
-                write_atomic(folder.path / SETTINGS_FILE, settings)
+                write_settings(spec, folder, run)
         return _run_steps(spec, out, run, folder, status, launch, primary)
 
 

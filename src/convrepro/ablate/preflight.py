@@ -24,6 +24,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import instantiate_class
@@ -33,6 +34,7 @@ from convrepro.ablate.point import cli_args
 from convrepro.ablate.spec import AblationSpec
 from convrepro.cli import ConvReproCLI
 from convrepro.errors import AblationError, UserError
+from convrepro.runs.provenance import data_fingerprint
 
 # What seed_everything leaves in the environment; a parse must not pass it on to later runs.
 _SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
@@ -77,11 +79,13 @@ def parse_every_arm(spec: AblationSpec, out: Path) -> dict[str, Namespace]:
     return configs
 
 
-def check_data(configs: dict[str, Namespace]) -> None:
-    """Open the data of every arm once per distinct data config (the seed left out)."""
+def check_data(configs: dict[str, Namespace]) -> dict[str, dict[str, Any]]:
+    """Open the data of every arm once per distinct data config (the seed left out); returns
+    each arm's data fingerprint, as a run's provenance records it (every split read)."""
     arms_by_data: dict[str, list[str]] = {}
     for arm, config in configs.items():
         arms_by_data.setdefault(_data_key(config.data), []).append(arm)
+    fingerprints = {}
     for arms in arms_by_data.values():
         try:
             datamodule = instantiate_class((), configs[arms[0]].data.as_dict())
@@ -92,6 +96,8 @@ def check_data(configs: dict[str, Namespace]) -> None:
             raise AblationError(
                 f"data of {every}: {error} (checked before any run started; nothing was run)"
             ) from error
+        fingerprints.update(dict.fromkeys(arms, data_fingerprint(datamodule)))
+    return fingerprints
 
 
 def _parse(arm: str, args: list[str]) -> Namespace:

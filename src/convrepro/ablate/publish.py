@@ -137,13 +137,8 @@ def publish(
     (staging / SPEC_FILE).write_text(spec.to_yaml())
     for run in spec.runs():
         source = spec.run_folder(out, run).path
-        if not source.is_dir():
-            continue
-        target = spec.run_folder(staging, run).path
-        target.mkdir(parents=True)
-        for name in RUN_RECORDS:
-            if (source / name).is_file():
-                shutil.copy2(source / name, target / name)
+        if source.is_dir():
+            copy_run_records(source, spec.run_folder(staging, run).path)
     scrub_published(staging, MachinePaths(outputs=(out.resolve().as_posix(),)))
     changes = held.changes_to(new) if held else []
     # Swap in whole: a reader never sees half of a new copy next to half of the old one.
@@ -151,6 +146,17 @@ def publish(
         shutil.rmtree(destination)
     staging.rename(destination)
     return Publication(destination, missing, changes)
+
+
+def copy_run_records(source: Path, target: Path) -> list[Path]:
+    """Copy the :data:`RUN_RECORDS` that run folder ``source`` has into ``target`` (created if
+    missing; nothing else: no checkpoints); returns the copies. Paths in them are as written."""
+    target.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in RUN_RECORDS:
+        if (source / name).is_file():
+            copies.append(Path(shutil.copy2(source / name, target / name)))
+    return copies
 
 
 def scrub_published(folder: Path, also: MachinePaths | None = None) -> list[Path]:

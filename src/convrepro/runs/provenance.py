@@ -44,6 +44,10 @@ from convrepro.runs.folder import RunFolder
 _CHUNK = 1 << 20
 CHANGED = " (changed during the run)"
 UNRECORDED = "no provenance.json"
+#: The folder of a checkout where grids keep their committed records (``grids/<name>/``, see
+#: :mod:`convrepro.ablate.grid_records`): results, not code, so the code version leaves it out.
+GRID_RECORDS = "grids"
+_CODE = (".", f":(exclude){GRID_RECORDS}")  # git pathspec: the checkout but its records
 
 
 def utc_now() -> str:
@@ -56,10 +60,14 @@ class CodeVersion:
     """The code a command ran: a git checkout's commit and changes, else the package version.
 
     Attributes:
-        git_commit: ``HEAD`` of the checkout the package was imported from.
-        git_dirty: Whether tracked files differ from ``HEAD`` or untracked files exist.
+        git_commit: The commit of the code in the checkout the package was imported from:
+            ``HEAD``, or where grids' records were committed on top of it (they are not code,
+            see :data:`GRID_RECORDS`), the newest commit before them that changed the code.
+        git_dirty: Whether tracked files differ from ``HEAD`` or untracked files exist
+            (outside :data:`GRID_RECORDS`).
         git_diff_sha256: sha256 of ``git diff HEAD --binary`` and of every untracked (not
-            ignored) file's name and content: equal hashes mean equal code.
+            ignored) file's name and content, outside :data:`GRID_RECORDS`: equal hashes mean
+            equal code.
         package_version: The installed ``convrepro`` distribution's version.
     """
 
@@ -188,16 +196,21 @@ def code_version() -> CodeVersion:
     # An installed package may sit inside someone else's repository: only our own checkout counts.
     if top is None or Path(top.decode().strip()) / "src" / "convrepro" != package:
         return CodeVersion(package_version=package_version)
-    root = Path(top.decode().strip())
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain")
-    diff = hashlib.sha256(_git(root, "diff", "HEAD", "--binary") or b"")
-    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z") or b""
+    return checkout_version(Path(top.decode().strip()), package_version)
+
+
+def checkout_version(root: Path, package_version: str | None = None) -> CodeVersion:
+    """The code of the git checkout at ``root`` (see :class:`CodeVersion`), its records of
+    grids left out: a grid that commits them as its points finish keeps one code version."""
+    commit = _git(root, "rev-list", "-1", "HEAD", "--", *_CODE) or _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--", *_CODE)
+    diff = hashlib.sha256(_git(root, "diff", "HEAD", "--binary", "--", *_CODE) or b"")
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--", *_CODE) or b""
     for name in sorted(filter(None, untracked.split(b"\0"))):
         if (root / name.decode()).is_file():
             diff.update(name + b"\0" + (root / name.decode()).read_bytes())
     return CodeVersion(
-        git_commit=commit.decode().strip() if commit else None,
+        git_commit=commit.decode().strip() if commit and commit.strip() else None,
         git_dirty=bool(status and status.strip()),
         git_diff_sha256=diff.hexdigest(),
         package_version=package_version,
