@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from convrepro.data import BaseImageDataModule
 from convrepro.data.trained_inputs import apply_trained_inputs, restore_fitted_inputs
 from convrepro.errors import DEBUG_ENV, ConfigError, UserError
+from convrepro.files import DuplicateKeyError, check_unique_keys
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -56,7 +57,6 @@ from convrepro.runs.console import (
     silence_evaluation_noise,
     silence_known_noise,
 )
-from convrepro.runs.files import DuplicateKeyError, check_unique_keys
 from convrepro.runs.folder import DiscardUnstartedRun, RunFolder
 from convrepro.runs.identity import RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
