@@ -219,6 +219,15 @@ ROWS = [
         0,
         left=resumable,
     ),
+    Row(
+        "weights-only LR drop on a model without named weight groups",
+        fit(
+            "--model.lr_scheduler=convrepro.training.WeightsMultiStepLR",
+            "--model.lr_scheduler.init_args.milestones=[1]",
+        ),
+        2,
+        ("model.lr_scheduler: WeightsMultiStepLR", "'*.weight'", "MultiStepLR to lower every"),
+    ),
     # 6: --ckpt_path files that are not checkpoints, read by the same reader as weights=.
     bad_ckpt("text", "--ckpt_path: ", lambda p: p.write_text("hello")),
     bad_ckpt("random bytes", "--ckpt_path: ", lambda p: p.write_bytes(RANDOM_BYTES)),
