@@ -264,13 +264,16 @@ class ConvReproCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse a checkpoint of another architecture before anything starts; say what a
-        resume on another number of processes changes."""
+        resume on another number of processes changes; give the datamodule what the checkpoint
+        fitted to its training images."""
         if self._checkpoint is not None:
             self._checkpoint.check_fits(self.model.backbone)
             if self.subcommand == "fit":
                 announce_world_change(self._checkpoint, self.trainer, self.datamodule, self.model)
-            else:
-                restore_fitted_inputs(self.datamodule, self._checkpoint.content)
+            # Before setup builds the transforms, for a resumed fit too: it continues on the
+            # inputs it trained with (a mean image fitted afresh to changed data would train
+            # on other inputs than every later checkpoint records).
+            restore_fitted_inputs(self.datamodule, self._checkpoint.content)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
