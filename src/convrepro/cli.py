@@ -264,15 +264,12 @@ class ConvReproCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse a checkpoint of another architecture before anything starts; say what a
-        resume on another number of processes changes; give the datamodule what the checkpoint
-        fitted to its training images."""
+        resume on another number of processes changes; restore the fitted inputs."""
         if self._checkpoint is not None:
             self._checkpoint.check_fits(self.model.backbone)
             if self.subcommand == "fit":
                 announce_world_change(self._checkpoint, self.trainer, self.datamodule, self.model)
-            # Before setup builds the transforms, for a resumed fit too: it continues on the
-            # inputs it trained with (a mean image fitted afresh to changed data would train
-            # on other inputs than every later checkpoint records).
+            # Before setup builds the transforms; a resume too trains on what it trained on.
             restore_fitted_inputs(self.datamodule, self._checkpoint.content)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
