@@ -216,18 +216,25 @@ def test_test_without_a_checkpoint_uses_the_runs_best_not_fresh_weights(workdir)
 
 
 @pytest.mark.slow
-def test_a_restarted_cluster_job_resumes_its_own_run_or_starts_it(workdir, monkeypatch):
+def test_a_requeued_cluster_job_resumes_its_own_run_or_starts_it(workdir, monkeypatch):
     cli("fit", *TINY_ARGS, "--trainer.max_epochs=1")  # someone else's newer run
     other = only_run_dir(workdir)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    # The job's first start (or a requeue before its first checkpoint): its own run, anew.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    # Requeued before its first checkpoint: its own run, anew.
     cli("fit", *TINY_ARGS, "--trainer.max_epochs=1", "--ckpt_path=last")
     own = workdir / "runs" / "vgg11_cifar" / "slurm-4242"
     assert RunFolder(own).read_summary().epochs == 1
     assert RunFolder(other).read_summary().epochs == 1  # not resumed, not touched
-    # A restart with its checkpoint: resumes its own run, to the longer length.
+    # Requeued again, with its checkpoint: resumes its own run, to the longer length.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     cli("fit", *TINY_ARGS, "--trainer.max_epochs=2", "--ckpt_path=last")
     assert RunFolder(own).read_summary().epochs == 2
+    # A new job (no requeue) that continues: the experiment's newest run, not a new folder.
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    cli("fit", *TINY_ARGS, "--trainer.max_epochs=3", "--ckpt_path=last")
+    assert RunFolder(own).read_summary().epochs == 3
     assert sorted(p.name for p in (workdir / "runs" / "vgg11_cifar").iterdir()) == sorted(
         [other.name, "slurm-4242"]
     )

@@ -1,14 +1,21 @@
 """cuda-convnet's conv-local CIFAR-10 network, held against its layer files and its arithmetic."""
 
+import importlib
+from functools import partial
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from convrepro.errors import ConfigError
 from convrepro.models import ConvLocalNet, LocallyConnected2d, PaperLRN
 from convrepro.models.conv_local import BASE_EPS
-from convrepro.training import ImageClassifier
+from convrepro.training import ImageClassifier, WeightsMultiStepLR
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # layers-conv-local-{11,13}pct.cfg, section by section: (type, filters, filterSize, padding,
 # initW) for the weight layers; pool sizeX=3 stride=2; rnorm size=9 (11pct only).
@@ -307,3 +314,57 @@ def test_13pct_with_all_of_11pcts_settings_is_the_11pct_network():
 def test_bad_settings_are_one_clear_error(settings, message):
     with pytest.raises(ConfigError, match=message):
         ConvLocalNet(**settings)
+
+
+def _scheduled_rates(config: str) -> tuple[list[tuple[float, float]], list[int], float]:
+    """Each epoch's (epsW, epsB) of conv1 under ``config``'s optimiser and LR schedule, and the
+    schedule's milestones and gamma."""
+    settings = yaml.safe_load((CONFIGS / config).read_text())
+    scheduler = settings["model"]["lr_scheduler"]
+    module, name = scheduler["class_path"].rsplit(".", 1)
+    args = scheduler["init_args"]
+    model = ImageClassifier(
+        ConvLocalNet(),
+        num_classes=10,
+        optimizer=lambda p: torch.optim.SGD(p, **settings["model"]["optimizer"]["init_args"]),
+        lr_scheduler=partial(getattr(importlib.import_module(module), name), **args),
+    )
+    built = model.configure_optimizers()
+    optimizer, schedule = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    named = {group["name"]: group for group in optimizer.param_groups}
+    rates = []
+    for _ in range(settings["trainer"]["max_epochs"]):
+        rates.append((named["conv1.weight"]["lr"], named["conv1.bias"]["lr"]))
+        optimizer.step()  # no gradients: nothing moves; torch wants a step before the schedule's
+        schedule.step()
+    return rates, args["milestones"], args.get("gamma", 0.1)
+
+
+@pytest.mark.parametrize(
+    "config", ["paper/conv_local_cifar.yaml", "paper/conv_local_cifar_fold_in.yaml"]
+)
+def test_paper_schedules_lower_epsw_only(config):
+    """The methodology: "Lower learning rates (epsW) by a factor of 10"; epsB stays."""
+    rates, milestones, gamma = _scheduled_rates(config)
+    for epoch, (eps_w, eps_b) in enumerate(rates):
+        drops = sum(epoch >= m for m in milestones)
+        assert (eps_w, eps_b) == pytest.approx((0.001 * gamma**drops, 0.002)), epoch
+
+
+def test_cpu_protocol_keeps_its_published_drop_of_epsw_and_epsb_alike():
+    """configs/conv_local_cifar.yaml's grids (and the published one) ran with both lowered."""
+    rates, milestones, gamma = _scheduled_rates("conv_local_cifar.yaml")
+    assert milestones == [3]
+    assert rates[2] == pytest.approx((0.001, 0.002))
+    assert rates[3] == pytest.approx((0.001 * gamma, 0.002 * gamma))
+
+
+def test_weights_only_schedule_needs_named_weight_groups():
+    model = ImageClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 10)),
+        num_classes=10,
+        optimizer=sgd,
+        lr_scheduler=partial(WeightsMultiStepLR, milestones=[1]),
+    )
+    with pytest.raises(ConfigError, match=r"model.lr_scheduler: WeightsMultiStepLR lowers the "):
+        model.configure_optimizers()

@@ -59,6 +59,33 @@ def test_mean_image_is_resized_with_the_images(cifar):
     assert dm.state_dict()["mean_image"].shape == (3, 40, 40)
 
 
+@pytest.mark.parametrize(
+    ("normalization", "key"), [("mean-image", "mean_image"), ("mean-rgb", "pixel_stats")]
+)
+def test_a_checkpoints_fitted_inputs_are_used_before_setup_and_refused_after_if_other(
+    cifar, tmp_path, normalization, key
+):
+    """A resume on changed data: loaded before setup, the checkpoint's fitted inputs are what
+    the transforms use; loaded after (Lightning's own restore), ones that differ from what the
+    transforms took are refused, not recorded over it. The same ones are fine either way."""
+    trained = _cifar(cifar, normalization=normalization).state_dict()
+    _cifar(cifar, normalization=normalization).load_state_dict(trained)
+    changed = make_cifar10(tmp_path / "changed", n_train=60, n_test=10, seed=3)
+    with pytest.raises(ConfigError, match=rf"the checkpoint's fitted inputs \({key}: fitted"):
+        _cifar(changed, normalization=normalization).load_state_dict(trained)
+    early = CIFAR10DataModule(
+        str(changed),
+        batch_size=4,
+        num_workers=0,
+        download=False,
+        val_size=12,
+        normalization=normalization,
+    )
+    early.load_state_dict(trained)
+    early.setup("fit")
+    torch.testing.assert_close(early.state_dict()[key], trained[key], rtol=0, atol=0)
+
+
 def test_cuda_convnet_is_always_the_mean_image(cifar):
     assert _cifar(cifar, preprocessing="cuda-convnet").normalization == "mean-image"
     with pytest.raises(ConfigError, match="normalization null or mean-image"):

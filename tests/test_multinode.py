@@ -361,7 +361,8 @@ def slurm_resumed(workdir, slurm_stopped) -> dict:
     record.mkdir()
     env = {RECORD_ENV: str(record)}
     for command in (["fit", *TWO_NODES, "--ckpt_path=last"], ["test", *TWO_NODES]):
-        nodes = start_slurm_nodes(workdir, "41", command, **env)
+        # The job requeued: the same id, and SLURM counts the restart.
+        nodes = start_slurm_nodes(workdir, "41", command, SLURM_RESTART_COUNT="1", **env)
         finish(nodes)
         assert [node.returncode for node in nodes] == [0, 0], outputs(nodes)
     return {"run": slurm_stopped["run"], "record": record}

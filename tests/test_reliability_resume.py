@@ -22,6 +22,8 @@ from lightning.pytorch import Callback
 from torch import nn
 
 from convrepro.cli import ConvReproCLI, main
+from convrepro.data import CIFAR10DataModule
+from convrepro.data.augment.views import SubtractMeanImage
 from convrepro.reliability.checkpoint_io import AtomicCheckpointIO
 from convrepro.runs import RunFolder
 from convrepro.testing import make_cifar10, skip_md5_checks
@@ -289,3 +291,41 @@ def test_sigterm_while_the_run_is_set_up_saves_and_exits_143(in_workdir):
     run = RunFolder(in_workdir / "runs" / "vgg11_cifar" / "early")
     assert run.resume_checkpoint() == run.interrupt_checkpoint
     assert torch.load(run.interrupt_checkpoint, weights_only=True)["global_step"] == 0
+
+
+def test_a_resume_on_changed_data_trains_on_and_records_the_checkpoints_mean_image(in_workdir):
+    """The mean image (and pixel statistics) a run fitted are part of what it trains: a resume
+    continues on the checkpoint's, whatever data_dir now holds, and its checkpoints record them
+    (not fresh ones fitted to the new data, nor the old ones over training on new ones)."""
+    other = make_cifar10(in_workdir / "data" / "cifar10-other", n_train=480, n_test=32, seed=7)
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "conv_local_cifar.yaml"),
+        "--model.backbone=tiny_backbone.TinyNet",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.val_size=160",
+        "--data.init_args.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        "--run.id=changed-data",
+    ]
+    ConvReproCLI(args=[*args, "--data.init_args.data_dir=data/cifar10", "--trainer.max_epochs=1"])
+    run = RunFolder(in_workdir / "runs" / "conv_local_cifar" / "changed-data")
+    first = torch.load(run.last_checkpoint, weights_only=True)
+    trained = first["CIFAR10DataModule"]
+    fresh = CIFAR10DataModule(str(other), preprocessing="cuda-convnet", val_size=160)
+    fresh.setup("fit")
+    assert not torch.equal(fresh.fitted_inputs["mean_image"], trained["mean_image"])
+
+    on_other_data = [f"--data.init_args.data_dir={other}", "--trainer.max_epochs=2"]
+    resumed = ConvReproCLI(args=[*args, *on_other_data, "--ckpt_path=last"])
+    (used,) = [
+        step.mean
+        for step in resumed.datamodule.splits["train"].transform.transforms
+        if isinstance(step, SubtractMeanImage)
+    ]
+    torch.testing.assert_close(used, trained["mean_image"].float(), rtol=0, atol=0)
+    later = torch.load(run.last_checkpoint, weights_only=True)
+    assert later["global_step"] > first["global_step"]
+    assert torch.equal(later["CIFAR10DataModule"]["mean_image"], trained["mean_image"])

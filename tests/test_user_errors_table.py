@@ -148,7 +148,34 @@ ROWS = [
         "resume without a checkpoint",
         fit("--ckpt_path=last"),
         2,
-        "--ckpt_path last: no checkpoint of experiment 'vgg11_cifar'",
+        (
+            "--ckpt_path last: no run of experiment 'vgg11_cifar' has a checkpoint (looked in "
+            "runs/vgg11_cifar/*/checkpoints/)"
+        ),
+    ),
+    # Reliability item 8: a launcher's id made up for this launch names no run to resume.
+    Row(
+        "resume under torchrun --standalone without a checkpoint",
+        fit("--ckpt_path=last"),
+        2,
+        ("looked in runs/vgg11_cifar/*/checkpoints/", "torchrun's id for this launch"),
+        setup=launched_by(
+            TORCHELASTIC_RUN_ID="0f8e2a6c-5b1d-4c3e-9a7f-2d4b6c8e0a1f", LOCAL_RANK="0"
+        ),
+    ),
+    Row(
+        "resume in a new SLURM job without a checkpoint",
+        fit("--ckpt_path=last"),
+        2,
+        ("looked in runs/vgg11_cifar/*/checkpoints/", "SLURM job 88 is this launch's own"),
+        setup=launched_by(SLURM_JOB_ID="88"),
+    ),
+    Row(
+        "resume a named torchrun run that has no checkpoint",
+        fit("--ckpt_path=last"),
+        2,
+        "the run of torchrun --rdzv-id=vgg-run1, runs/vgg11_cifar/vgg-run1, has no checkpoint",
+        setup=launched_by(TORCHELASTIC_RUN_ID="vgg-run1", LOCAL_RANK="0"),
     ),
     Row(
         "SIGTERM while training",
@@ -218,6 +245,15 @@ ROWS = [
         fit("--data.init_args.val_size=0", "--model.lr_scheduler=" + COSINE),
         0,
         left=resumable,
+    ),
+    Row(
+        "weights-only LR drop on a model without named weight groups",
+        fit(
+            "--model.lr_scheduler=convrepro.training.WeightsMultiStepLR",
+            "--model.lr_scheduler.init_args.milestones=[1]",
+        ),
+        2,
+        ("model.lr_scheduler: WeightsMultiStepLR", "'*.weight'", "MultiStepLR to lower every"),
     ),
     # 6: --ckpt_path files that are not checkpoints, read by the same reader as weights=.
     bad_ckpt("text", "--ckpt_path: ", lambda p: p.write_text("hello")),

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from convrepro.data import BaseImageDataModule
 from convrepro.data.trained_inputs import apply_trained_inputs, restore_fitted_inputs
 from convrepro.errors import DEBUG_ENV, ConfigError, UserError
+from convrepro.files import DuplicateKeyError, check_unique_keys
 from convrepro.reliability import (
     AtomicCheckpointIO,
     DivergenceGuard,
@@ -56,7 +57,6 @@ from convrepro.runs.console import (
     silence_evaluation_noise,
     silence_known_noise,
 )
-from convrepro.runs.files import DuplicateKeyError, check_unique_keys
 from convrepro.runs.folder import DiscardUnstartedRun, RunFolder
 from convrepro.runs.identity import RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
@@ -264,13 +264,13 @@ class ConvReproCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse a checkpoint of another architecture before anything starts; say what a
-        resume on another number of processes changes."""
+        resume on another number of processes changes; restore the fitted inputs."""
         if self._checkpoint is not None:
             self._checkpoint.check_fits(self.model.backbone)
             if self.subcommand == "fit":
                 announce_world_change(self._checkpoint, self.trainer, self.datamodule, self.model)
-            else:
-                restore_fitted_inputs(self.datamodule, self._checkpoint.content)
+            # Before setup builds the transforms; a resume too trains on what it trained on.
+            restore_fitted_inputs(self.datamodule, self._checkpoint.content)
             self._checkpoint = None  # its tensors are not needed any more
             # A resumed run writes into its own checkpoint folder; that is no surprise.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")

@@ -42,7 +42,7 @@ import yaml
 
 from convrepro.ablate.spec import AblationSpec, Run, runs_root
 from convrepro.errors import AblationError, PointBusy
-from convrepro.runs.files import write_atomic
+from convrepro.files import write_atomic
 from convrepro.runs.folder import RunFolder
 
 #: What a run was started with (in its run folder); a later invocation with other settings must

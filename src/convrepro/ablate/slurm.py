@@ -26,7 +26,7 @@ from convrepro.ablate.point import Status, check_settings_unchanged, one_command
 from convrepro.ablate.slurm_options import SlurmOptions
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec
 from convrepro.errors import AblationError
-from convrepro.runs.files import write_atomic
+from convrepro.files import write_atomic
 
 SLURM_FOLDER = "slurm"
 JOBS_FILE = "jobs.json"

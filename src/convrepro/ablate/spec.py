@@ -43,7 +43,7 @@ import yaml
 from convrepro.ablate.factorial import Factorial, parse_factors
 from convrepro.ablate.slurm_options import SlurmOptions, parse_slurm_section
 from convrepro.errors import AblationError
-from convrepro.runs.files import DuplicateKeyError, UniqueKeyLoader
+from convrepro.files import DuplicateKeyError, UniqueKeyLoader
 from convrepro.runs.folder import RunFolder
 
 ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm", "factors")

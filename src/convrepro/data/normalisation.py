@@ -21,9 +21,10 @@ factor; configurations that ablate LRN as a paper did use the papers' scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
@@ -112,4 +113,33 @@ class InputNormalisation:
         return dict(self.fitted_inputs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Use the checkpoint's fitted inputs. Load them before ``setup``: the transforms built
+        there take what is fitted then, so a checkpoint's that differ from those (a resume on
+        changed data, restored after setup as Lightning's own restore does) are refused rather
+        than recorded over what trains."""
+        differing = sorted(
+            key
+            for key, value in state_dict.items()
+            if key in self.fitted_inputs and not _same(self.fitted_inputs[key], value)
+        )
+        if differing:
+            raise ConfigError(
+                f"data: the checkpoint's fitted inputs ({', '.join(differing)}: fitted to the "
+                "images it trained on) differ from those fitted to the images at data.data_dir "
+                "now, which the transforms already use. Resume on the images the run trained "
+                "on, or load the checkpoint's datamodule state before setup() "
+                "(convrepro.data.trained_inputs.restore_fitted_inputs, as main.py does)."
+            )
         self.fitted_inputs.update(state_dict)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal fitted inputs: tensors element by element; pixel statistics (plain numbers in
+    dicts, lists or tuples, as a cache file or a checkpoint gives them back) value by value."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)

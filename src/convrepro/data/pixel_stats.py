@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convrepro.runs.files import write_atomic
+from convrepro.files import write_atomic
 
 # Pixels per chunk of the covariance pass: bounds the float64 copy to ~25 MB.
 PIXELS_PER_CHUNK = 1 << 20

@@ -9,9 +9,12 @@
   values win over the config's, as Lightning's CLI does for the model's hyperparameters, and the
   console says which differed. Test-time choices (a test scale, a test protocol) stay the
   config's.
-* **What was fitted to the training images** (cuda-convnet's mean image): the datamodule's
-  ``state_dict()``. Lightning saves it in every checkpoint but loads it back only after
-  ``setup`` has built the transforms, so :func:`restore_fitted_inputs` loads it before.
+* **What was fitted to the training images** (cuda-convnet's mean image, pixel statistics):
+  the datamodule's ``state_dict()``. Lightning saves it in every checkpoint but loads it back
+  only after ``setup`` has built the transforms, so :func:`restore_fitted_inputs` loads it
+  before: for ``test`` and ``predict``, and for a resumed ``fit``, which continues on the inputs
+  it trained with even where ``data.data_dir`` now holds other images (fitting them afresh
+  would train on other inputs than its checkpoints record).
 """
 
 from __future__ import annotations

@@ -18,14 +18,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
 from convrepro.errors import ConfigError, UserError
+from convrepro.files import write_atomic
 from convrepro.models.weights import describe_mismatch, load_state_dict_file, network_state_dict
-from convrepro.runs.files import write_atomic
 
 PREDECESSOR_SUFFIX = ".previous"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes every checkpoint with :func:`~convrepro.runs.files.write_atomic`.
+    """Writes every checkpoint with :func:`~convrepro.files.write_atomic`.
 
     A process killed while saving leaves the previous checkpoint intact (and a hidden temporary
     file, removed by the next save next to it), never a truncated one that would block the

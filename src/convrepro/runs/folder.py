@@ -37,7 +37,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from convrepro.errors import ConfigError, MissingFileError, UserError
-from convrepro.runs.files import write_atomic
+from convrepro.files import write_atomic
 from convrepro.runs.summary import Summary
 
 

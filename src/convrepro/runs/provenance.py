@@ -38,7 +38,7 @@ import torchvision
 from lightning.pytorch import Trainer
 from torchvision.datasets import CIFAR10, STL10
 
-from convrepro.runs.files import write_atomic
+from convrepro.files import write_atomic
 from convrepro.runs.folder import RunFolder
 
 _CHUNK = 1 << 20

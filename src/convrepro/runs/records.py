@@ -20,9 +20,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from convrepro.data.contract import datamodule_of
 from convrepro.errors import TrainingDiverged
+from convrepro.files import write_atomic
 from convrepro.reliability.distributed import lost_peer
 from convrepro.reliability.preemption import StopRequested
-from convrepro.runs.files import write_atomic
 from convrepro.runs.folder import RunFolder
 from convrepro.runs.prediction_grid import GRID_IMAGES, save_prediction_grid
 from convrepro.runs.provenance import (

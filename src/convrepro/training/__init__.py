@@ -15,7 +15,7 @@ from convrepro.training.evaluation import (
     TenCropEvaluation,
 )
 from convrepro.training.plots import ValidationPlots
-from convrepro.training.schedules import WarmupCosineLR
+from convrepro.training.schedules import WarmupCosineLR, WeightsMultiStepLR
 
 __all__ = [
     "CombinedEvaluation",
@@ -27,4 +27,5 @@ __all__ = [
     "TenCropEvaluation",
     "ValidationPlots",
     "WarmupCosineLR",
+    "WeightsMultiStepLR",
 ]

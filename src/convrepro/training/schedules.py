@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
 
 from convrepro.errors import ConfigError
 
@@ -88,3 +90,52 @@ class WarmupCosineLR(LambdaLR):
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
             1.0 + math.cos(math.pi * progress)
         )
+
+
+class WeightsMultiStepLR(MultiStepLR):
+    """:class:`~torch.optim.lr_scheduler.MultiStepLR` that lowers only the weights' learning
+    rates: the optimiser groups whose name ends in ``group_suffix``; the others keep theirs.
+
+    cuda-convnet's methodology (the header of ``layer-params-conv-local-11pct.cfg``) lowers
+    ``epsW`` by 10 and leaves ``epsB``; MultiStepLR would lower every group, biases too.
+    :meth:`ConvLocalNet.parameter_groups <convrepro.models.ConvLocalNet.parameter_groups>`
+    names its groups ``conv1.weight``, ``conv1.bias``, ...
+
+    Args:
+        optimizer: The wrapped optimiser; at least one of its groups must match.
+        milestones: Epochs at which the matching groups' learning rate is multiplied by
+            ``gamma``.
+        gamma: The factor.
+        group_suffix: Which groups are lowered, by the end of their ``name``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        milestones: Iterable[int],
+        gamma: float = 0.1,
+        group_suffix: str = ".weight",
+    ) -> None:
+        names = [str(group.get("name", "")) for group in optimizer.param_groups]
+        self.lowered = [name.endswith(group_suffix) for name in names]
+        if not any(self.lowered):
+            raise ConfigError(
+                f"WeightsMultiStepLR lowers the optimiser groups named '*{group_suffix}', and "
+                f"this model's are {names}: use a backbone whose parameter_groups() names them "
+                "so (ConvLocalNet), set group_suffix, or use "
+                "torch.optim.lr_scheduler.MultiStepLR to lower every group"
+            )
+        super().__init__(optimizer, milestones, gamma)
+
+    def get_lr(self) -> list[float | Tensor]:
+        return self._kept_unlowered(
+            super().get_lr(), [g["lr"] for g in self.optimizer.param_groups]
+        )
+
+    def _get_closed_form_lr(self) -> list[float | Tensor]:  # step(epoch): from the base rates
+        return self._kept_unlowered(super()._get_closed_form_lr(), self.base_lrs)
+
+    def _kept_unlowered(
+        self, dropped: list[float | Tensor], kept: list[float | Tensor]
+    ) -> list[float | Tensor]:
+        return [d if lower else k for d, k, lower in zip(dropped, kept, self.lowered, strict=True)]
