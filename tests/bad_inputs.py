@@ -26,7 +26,12 @@ from convrepro.cli import main
 from convrepro.reliability import checkpoint_io
 from convrepro.runs import RunFolder
 from convrepro.runs.provenance import read_provenance
-from convrepro.testing import make_cifar10, make_image_folder, skip_md5_checks
+from convrepro.testing import (
+    make_cifar10,
+    make_cifar10_folders,
+    make_image_folder,
+    skip_md5_checks,
+)
 
 from tiny_backbone import TinyNet
 
@@ -176,6 +181,15 @@ def pets(change: Callable[[Path], None] = lambda folder: None) -> Setup:
     def setup(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         shutil.copytree(workdir / "data" / "pets", workdir / "pets")
         change(workdir / "pets")
+
+    return setup
+
+
+def cifar_folders(change: Callable[[Path], None]) -> Setup:
+    """CIFAR-10 as class folders in ``cifar_folders/`` (``data.source=folders``), changed."""
+
+    def setup(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        change(make_cifar10_folders(workdir / "cifar_folders", n_train=100, n_test=20))
 
     return setup
 

@@ -27,6 +27,7 @@ from bad_inputs import (
     TINY,
     Malicious,
     Row,
+    cifar_folders,
     data_folder_removed,
     file,
     in_workdir,
@@ -248,6 +249,13 @@ ROWS = [
         2,
         ("no image files", "pets/train/bird/"),
         setup=pets(lambda f: [(f / split / "bird").mkdir() for split in ("train", "test")]),
+    ),
+    Row(
+        "CIFAR-10 folders with an empty class folder (trained as 9 classes)",
+        fit("--data.init_args.source=folders", "--data.init_args.data_dir=cifar_folders"),
+        2,
+        ("no image files", "cifar_folders/train/frog/: add the images"),
+        setup=cifar_folders(lambda f: [p.unlink() for p in (f / "train" / "frog").iterdir()]),
     ),
     Row(
         "test split without images",
