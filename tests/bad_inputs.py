@@ -228,6 +228,16 @@ def launched_by(**variables: str) -> Setup:
     return setup
 
 
+def started_alone(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as ``python main.py`` started it: no launcher's variables, whatever the
+    test process was started by."""
+    launched = ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+    for name in [v for v in os.environ if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    for name in launched:
+        monkeypatch.delenv(name, raising=False)
+
+
 def read_only_root(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = workdir / "readonly"
     folder.mkdir(mode=0o555)

@@ -50,6 +50,7 @@ from bad_inputs import (
     scored,
     second_ctrl_c_while_saving,
     signal_at,
+    started_alone,
     training_log_kept,
 )
 from torch import nn
@@ -336,6 +337,19 @@ ROWS = [
             SLURM_LOCALID="0",
             SLURM_NODEID="0",
         ),
+    ),
+    # reliability 6: several nodes asked of a plain process (it waited for the timeout, 600 s;
+    # 5 s here, so that the row fails rather than hangs if the check goes)
+    Row(
+        "two nodes asked of a process started alone",
+        fit("--trainer.num_nodes=2", "--run.process_group_timeout_s=5"),
+        2,
+        (
+            "trainer.num_nodes=2, but this process was started on its own",
+            "torchrun --nnodes=2 --nproc-per-node=1 --node-rank=<0..1>",
+            "srun python main.py",
+        ),
+        setup=started_alone,
     ),
     Row(
         "run.root is a file",
