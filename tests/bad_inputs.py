@@ -150,6 +150,18 @@ def training_log_kept(workdir: Path) -> None:
     assert any(row["train/loss"] for row in rows) and any(row["test/acc"] for row in rows)
 
 
+def recorded_classes(count: int) -> Callable[[Path], None]:
+    """The run's config.yaml holds the backbone's class count the run used."""
+
+    def check(workdir: Path) -> None:
+        resumable(workdir)
+        (run,) = runs(workdir)
+        config = yaml.safe_load(run.config().read_text())
+        assert config["model"]["backbone"]["init_args"]["num_classes"] == count
+
+    return check
+
+
 def scored(checkpoint: str) -> Callable[[Path], None]:
     def check(workdir: Path) -> None:
         summary = RunFolder(workdir / RUN).read_summary()

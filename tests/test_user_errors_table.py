@@ -43,6 +43,7 @@ from bad_inputs import (
     prepared,
     prepared_config_kept,
     read_only_root,
+    recorded_classes,
     resumable,
     resumed_with_more_epochs,
     run_main,
@@ -271,6 +272,26 @@ ROWS = [
         0,
         left=resumable,
         setup=pets(lambda f: [(f / "train" / name).mkdir() for name in (".git", "__MACOSX")]),
+    ),
+    # reliability 7: the class count is the data's; one given otherwise is said and recorded.
+    Row(
+        "num_classes given that disagrees with the data",
+        fit_folder("--model.backbone.init_args.num_classes=10"),
+        0,
+        (
+            "model.backbone.init_args.num_classes=10 is not the data's class count: pets has 2 "
+            "classes, so the model is built for 2",
+        ),
+        recorded_classes(2),
+        pets(),
+    ),
+    Row(
+        "num_classes left to the data (the backbone's default is another)",
+        fit_folder(),
+        0,
+        left=recorded_classes(2),
+        setup=pets(),
+        never_says="is not the data's class count",
     ),
     Row(
         "one class",
