@@ -26,7 +26,12 @@ from convrepro.cli import main
 from convrepro.reliability import checkpoint_io
 from convrepro.runs import RunFolder
 from convrepro.runs.provenance import read_provenance
-from convrepro.testing import make_cifar10, make_image_folder, skip_md5_checks
+from convrepro.testing import (
+    make_cifar10,
+    make_cifar10_folders,
+    make_image_folder,
+    skip_md5_checks,
+)
 
 from tiny_backbone import TinyNet
 
@@ -145,6 +150,18 @@ def training_log_kept(workdir: Path) -> None:
     assert any(row["train/loss"] for row in rows) and any(row["test/acc"] for row in rows)
 
 
+def recorded_classes(count: int) -> Callable[[Path], None]:
+    """The run's config.yaml holds the backbone's class count the run used."""
+
+    def check(workdir: Path) -> None:
+        resumable(workdir)
+        (run,) = runs(workdir)
+        config = yaml.safe_load(run.config().read_text())
+        assert config["model"]["backbone"]["init_args"]["num_classes"] == count
+
+    return check
+
+
 def scored(checkpoint: str) -> Callable[[Path], None]:
     def check(workdir: Path) -> None:
         summary = RunFolder(workdir / RUN).read_summary()
@@ -176,6 +193,15 @@ def pets(change: Callable[[Path], None] = lambda folder: None) -> Setup:
     def setup(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         shutil.copytree(workdir / "data" / "pets", workdir / "pets")
         change(workdir / "pets")
+
+    return setup
+
+
+def cifar_folders(change: Callable[[Path], None]) -> Setup:
+    """CIFAR-10 as class folders in ``cifar_folders/`` (``data.source=folders``), changed."""
+
+    def setup(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        change(make_cifar10_folders(workdir / "cifar_folders", n_train=100, n_test=20))
 
     return setup
 
@@ -212,6 +238,16 @@ def launched_by(**variables: str) -> Setup:
             monkeypatch.setenv(name, value)
 
     return setup
+
+
+def started_alone(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as ``python main.py`` started it: no launcher's variables, whatever the
+    test process was started by."""
+    launched = ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+    for name in [v for v in os.environ if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    for name in launched:
+        monkeypatch.delenv(name, raising=False)
 
 
 def read_only_root(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,7 @@ def test_folder_fingerprint_is_of_the_contents(folders):
         ("grayscale", "32x32 RGB images only"),
         ("large", "is a 40x32 RGB image"),
         ("nine_classes", "must hold the ten CIFAR-10 class folders"),
+        ("empty_class", "no image files .* in .*/train/cat/: add the images"),
         ("no_test", "no CIFAR-10 test folder"),
         ("not_an_image", "is not a readable image"),
     ],
@@ -81,6 +82,9 @@ def test_folders_that_are_not_cifar10_are_refused(folders, damage, message):
         for file in cat.parent.iterdir():
             file.unlink()
         cat.parent.rmdir()
+    elif damage == "empty_class":  # once trained silently as a 9-class set
+        for file in cat.parent.iterdir():
+            file.unlink()
     elif damage == "no_test":
         shutil.rmtree(cat.parents[2] / "test")
     else:

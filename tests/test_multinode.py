@@ -596,6 +596,29 @@ def test_process_group_timeout_is_set_once_from_the_config():
         configure_processes(trainer, 42)
 
 
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+@pytest.mark.parametrize("launch", ["python main.py", "NODE_RANK=1 python main.py"])
+def test_several_nodes_from_a_process_started_alone_are_refused_at_once(launch, monkeypatch):
+    """Without a launcher, node 0 waited run.process_group_timeout_s (600 s) for nodes nothing
+    started. Lightning's own launch, one command per node with NODE_RANK, is left alone."""
+    for name in ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in [v for v in os.environ if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    if launch.startswith("NODE_RANK"):
+        monkeypatch.setenv("NODE_RANK", "1")
+    trainer = Trainer(accelerator="cpu", num_nodes=2, devices=3, logger=False)
+    if launch.startswith("NODE_RANK"):
+        configure_processes(trainer, 42)
+        return
+    with pytest.raises(ConfigError) as refused:
+        configure_processes(trainer, 42)
+    said = str(refused.value)
+    assert said.startswith("trainer.num_nodes=2, but this process was started on its own")
+    assert "torchrun --nnodes=2 --nproc-per-node=3 --node-rank=<0..1>" in said
+    assert "--nodes=2 --ntasks-per-node=3: srun python main.py" in said
+
+
 def test_what_a_resume_on_another_layout_says():
     saved = CheckpointFile(Path("x.ckpt"), {WORLD_KEY: {"num_nodes": 2, "devices_per_node": 4}}, {})
     conv, bn = nn.Conv2d(3, 8, 3), nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))

@@ -27,6 +27,7 @@ from bad_inputs import (
     TINY,
     Malicious,
     Row,
+    cifar_folders,
     data_folder_removed,
     file,
     in_workdir,
@@ -42,6 +43,7 @@ from bad_inputs import (
     prepared,
     prepared_config_kept,
     read_only_root,
+    recorded_classes,
     resumable,
     resumed_with_more_epochs,
     run_main,
@@ -49,6 +51,7 @@ from bad_inputs import (
     scored,
     second_ctrl_c_while_saving,
     signal_at,
+    started_alone,
     training_log_kept,
 )
 from torch import nn
@@ -286,6 +289,13 @@ ROWS = [
         setup=pets(lambda f: [(f / split / "bird").mkdir() for split in ("train", "test")]),
     ),
     Row(
+        "CIFAR-10 folders with an empty class folder (trained as 9 classes)",
+        fit("--data.init_args.source=folders", "--data.init_args.data_dir=cifar_folders"),
+        2,
+        ("no image files", "cifar_folders/train/frog/: add the images"),
+        setup=cifar_folders(lambda f: [p.unlink() for p in (f / "train" / "frog").iterdir()]),
+    ),
+    Row(
         "test split without images",
         ["test", *FOLDER],
         2,
@@ -298,6 +308,26 @@ ROWS = [
         0,
         left=resumable,
         setup=pets(lambda f: [(f / "train" / name).mkdir() for name in (".git", "__MACOSX")]),
+    ),
+    # reliability 7: the class count is the data's; one given otherwise is said and recorded.
+    Row(
+        "num_classes given that disagrees with the data",
+        fit_folder("--model.backbone.init_args.num_classes=10"),
+        0,
+        (
+            "model.backbone.init_args.num_classes=10 is not the data's class count: pets has 2 "
+            "classes, so the model is built for 2",
+        ),
+        recorded_classes(2),
+        pets(),
+    ),
+    Row(
+        "num_classes left to the data (the backbone's default is another)",
+        fit_folder(),
+        0,
+        left=recorded_classes(2),
+        setup=pets(),
+        never_says="is not the data's class count",
     ),
     Row(
         "one class",
@@ -364,6 +394,19 @@ ROWS = [
             SLURM_LOCALID="0",
             SLURM_NODEID="0",
         ),
+    ),
+    # reliability 6: several nodes asked of a plain process (it waited for the timeout, 600 s;
+    # 5 s here, so that the row fails rather than hangs if the check goes)
+    Row(
+        "two nodes asked of a process started alone",
+        fit("--trainer.num_nodes=2", "--run.process_group_timeout_s=5"),
+        2,
+        (
+            "trainer.num_nodes=2, but this process was started on its own",
+            "torchrun --nnodes=2 --nproc-per-node=1 --node-rank=<0..1>",
+            "srun python main.py",
+        ),
+        setup=started_alone,
     ),
     Row(
         "run.root is a file",

@@ -74,6 +74,9 @@ DEFAULT_OPTIMIZER = {
     "class_path": "torch.optim.SGD",
     "init_args": {"lr": PAPER_LR, "momentum": PAPER_MOMENTUM, "weight_decay": PAPER_WEIGHT_DECAY},
 }
+#: The backbone's class count: linked from the data, so that fine-tuning to a new image folder
+#: needs no setting, yet a parameter of the backbone that a config can also write.
+BACKBONE_CLASSES = "model.backbone.init_args.num_classes"
 DEFAULT_LR_SCHEDULER = {
     "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
     "init_args": {"mode": "max", "factor": 0.1},
@@ -168,11 +171,22 @@ class ConvReproCLI(LightningCLI):
         parser.set_defaults(
             {"model.optimizer": DEFAULT_OPTIMIZER, "model.lr_scheduler": DEFAULT_LR_SCHEDULER}
         )
-        parser.link_arguments(
-            "data.num_classes", "model.backbone.init_args.num_classes", apply_on="instantiate"
-        )
+        parser.link_arguments("data.num_classes", BACKBONE_CLASSES, apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = args  # parsed again, without defaults, by _given
+        super().parse_arguments(parser, args)
+
+    def _given(self, key: str) -> Any:
+        """The value of ``key`` that the configs and the command line give; ``None`` where they
+        leave it to its default (the parsed config holds both alike)."""
+        if isinstance(self._args, dict | Namespace):
+            given = self.parser.parse_object(self._args, defaults=False)
+        else:
+            given = self.parser.parse_args(self._args, defaults=False)
+        return given.get(f"{self.subcommand}.{key}" if self.subcommand else key)
 
     def _parse_ckpt_path(self) -> None:
         """Find the run and check ``--ckpt_path`` before Lightning reads the file (here, before
@@ -245,7 +259,27 @@ class ConvReproCLI(LightningCLI):
             "run_dir": str(run.path),
             "filename": run.config(self.subcommand).name,
             "keep_existing": resume,  # config.yaml says how the run began
+            "linked_settings": (BACKBONE_CLASSES,),
         }
+
+    def after_instantiate_classes(self) -> None:
+        """The backbone was built for the data's class count (the link): say so where a config
+        or the command gave another, and put the count used in the config that the run's
+        records (config.yaml, W&B) hold."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        backbone = config.model.backbone.get("init_args")
+        used = getattr(self.datamodule, "num_classes", None)
+        if used is None or backbone is None or backbone.get("num_classes") in (None, used):
+            return
+        given = self._given(BACKBONE_CLASSES)
+        if given is not None and given != used:
+            data = getattr(self.datamodule, "data_dir", "the data")
+            rank_zero_info(
+                f"{BACKBONE_CLASSES}={given} is not the data's class count: {data} has {used} "
+                f"classes, so the model is built for {used} (the class count follows the data; "
+                f"config.yaml records {used})"
+            )
+        backbone.num_classes = used
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from convrepro.data.archive import ArchiveDataModule
 from convrepro.data.augment.views import TenCropViews, mean_image
-from convrepro.data.images import IMG_EXTENSIONS
+from convrepro.data.images import IMG_EXTENSIONS, empty_class_folders
 from convrepro.data.normalisation import Normalization
 from convrepro.data.transforms import CIFAR10_STATS, horizontal_flip
 from convrepro.errors import ConfigError, MissingFileError
@@ -219,16 +219,21 @@ class CIFAR10Folders(Dataset):
             )
         self.files: list[Path] = []
         labels: list[int] = []
+        empty: list[Path] = []
         for label, name in enumerate(CIFAR10_CLASSES):
             images = sorted(
                 path
                 for path in (folder / name).iterdir()
                 if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
             )
+            if not images:
+                empty.append(folder / name)
             self.files += images
             labels += [label] * len(images)
-        if not self.files:
-            raise MissingFileError(f"{folder}/ has class folders but no images in them")
+        if empty:
+            raise empty_class_folders(
+                empty, "add the images: CIFAR-10 folders hold images of all ten classes"
+            )
         self.data = np.empty((len(self.files), 32, 32, 3), dtype=np.uint8)
         digest = hashlib.sha256()
         for index, path in enumerate(self.files):

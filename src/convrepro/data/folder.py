@@ -13,7 +13,12 @@ from torchvision.transforms import v2
 
 from convrepro.data.augment.scales import TrainingScale
 from convrepro.data.base import BaseImageDataModule, SourceName, SplitView
-from convrepro.data.images import ImageFiles, describe_unreadable, find_unreadable
+from convrepro.data.images import (
+    ImageFiles,
+    describe_unreadable,
+    empty_class_folders,
+    find_unreadable,
+)
 from convrepro.data.pixel_stats import PixelStats, folder_pixel_stats
 from convrepro.data.transforms import IMAGENET_STATS, horizontal_flip
 from convrepro.errors import ConfigError, MissingFileError
@@ -267,10 +272,9 @@ class ImageFolderDataModule(BaseImageDataModule):
         )
         empty = sorted(set(class_to_idx) - {self._class_names[label] for _, label in samples})
         if empty:
-            raise ConfigError(
-                f"no image files ({', '.join(IMG_EXTENSIONS)}) in "
-                f"{', '.join(f'{folder / name}/' for name in empty)}: add images, or remove the "
-                "class from every split."
+            raise empty_class_folders(
+                [folder / name for name in empty],
+                "add images, or remove the class from every split",
             )
         bad = find_unreadable([path for path, _ in samples])
         if bad:

@@ -12,6 +12,8 @@ from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from convrepro.errors import ConfigError
+
 MAX_LISTED_BAD_FILES = 10
 UNLABELLED = -1  # the label of an image predicted on, which has none
 
@@ -63,6 +65,13 @@ def describe_unreadable(where: str | Path, bad: dict[str, str]) -> str:
     if len(bad) > MAX_LISTED_BAD_FILES:
         listed.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more")
     return f"{len(bad)} unreadable image files in {where}:\n" + "\n".join(listed)
+
+
+def empty_class_folders(folders: Sequence[Path], fix: str) -> ConfigError:
+    """The error for class folders that hold no image file, naming them, and ``fix``: a class
+    without images would silently drop out of training and scoring."""
+    named = ", ".join(f"{folder}/" for folder in folders)
+    return ConfigError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in {named}: {fix}")
 
 
 def image_files_under(path: str | Path) -> list[str]:

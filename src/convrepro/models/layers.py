@@ -93,25 +93,28 @@ class _CrossChannelLRN(torch.autograd.Function):
 
     The window sum over channels is one matmul with a 0/1 band matrix (C x C): on 64 channels
     that is far cheaper than the padded ``avg_pool3d`` of ``F.local_response_norm``, and the
-    backward needs the same band (transposed) once more. Only ``x`` and the denominator are
-    saved.
+    backward needs the same band (transposed) once more. ``x``, the denominator, the scale and
+    the output are saved: the backward needs them all.
+
+    The backward is written in differentiable torch ops, so a second derivative (a gradient
+    penalty, a Hessian-vector product) is right too: asked for one (``create_graph``), it
+    computes the denominator, scale and output again from ``x``, because the saved ones came
+    from a forward that autograd did not record and would count as constants. A plain
+    backward uses the saved ones, as fast as before.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, band: Tensor, alpha: float, beta: float, k: float) -> Tensor:
-        n, c = x.shape[:2]
-        squares = (x * x).reshape(n, c, -1)
-        constant = x.new_full((1, 1, 1), k).expand_as(squares)
-        denominator = torch.baddbmm(constant, (alpha * band).expand(n, c, c), squares)
-        scale = _negative_power(denominator, beta).view_as(x)
-        out = x * scale
+        denominator, scale, out = _lrn_terms(x, band, alpha, beta, k)
         ctx.save_for_backward(x, band, denominator, scale, out)
-        ctx.alpha, ctx.beta = alpha, beta
+        ctx.alpha, ctx.beta, ctx.k = alpha, beta, k
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, band, denominator, scale, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: this backward is itself differentiated
+            denominator, scale, out = _lrn_terms(x, band, ctx.alpha, ctx.beta, ctx.k)
         n, c = x.shape[:2]
         # d out_i / d x_j = scale_i [i = j] - 2 alpha beta x_j band_ij out_i / d_i
         weighted = (grad * out).reshape(n, c, -1).div_(denominator)
@@ -123,6 +126,19 @@ class _CrossChannelLRN(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _lrn_terms(
+    x: Tensor, band: Tensor, alpha: float, beta: float, k: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The denominator ``k + alpha * window_sum(x**2)`` (as ``(n, c, h * w)``), the scale
+    ``denominator ** -beta`` and the output ``x * scale`` (both shaped as ``x``)."""
+    n, c = x.shape[:2]
+    squares = (x * x).reshape(n, c, -1)
+    constant = x.new_full((1, 1, 1), k).expand_as(squares)
+    denominator = torch.baddbmm(constant, (alpha * band).expand(n, c, c), squares)
+    scale = _negative_power(denominator, beta).view_as(x)
+    return denominator, scale, x * scale
 
 
 def _negative_power(values: Tensor, beta: float) -> Tensor:

@@ -20,7 +20,11 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.plugins.environments import (
+    LightningEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -80,6 +84,8 @@ def _check_launch(trainer: Trainer) -> None:
         kind = next((e for e in (SLURMEnvironment, TorchElasticEnvironment) if e.detect()), None)
     layout = _launch_layout(kind)
     if layout is None:
+        if trainer.num_nodes > 1 and _started_alone(kind):
+            raise ConfigError(_alone_message(trainer.num_nodes, trainer.num_devices))
         return
     launcher, nodes, per_node = layout
     if (nodes, per_node) != (trainer.num_nodes, trainer.num_devices):
@@ -102,6 +108,28 @@ def _launch_layout(kind: type | None) -> tuple[str, int, int] | None:
         tasks, nodes = int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_NNODES", 1))
         return f"SLURM (SLURM_NTASKS={tasks}, SLURM_NNODES={nodes})", nodes, tasks // nodes
     return None
+
+
+def _started_alone(kind: type | None) -> bool:
+    """Whether this process was started by itself, as ``python main.py``: no launcher, nor the
+    node rank that Lightning's own multi-node launch (one command per node) is given by hand."""
+    lightning_starts_it = kind is None or issubclass(kind, LightningEnvironment)
+    return lightning_starts_it and not any(v in os.environ for v in ("NODE_RANK", "GROUP_RANK"))
+
+
+def _alone_message(nodes: int, per_node: int) -> str:
+    """How to start the other nodes, as the README's "Multi-node runs" does: otherwise node 0
+    waits ``run.process_group_timeout_s`` for nodes nothing starts, then fails."""
+    return (
+        f"trainer.num_nodes={nodes}, but this process was started on its own (not by torchrun or "
+        f"srun), and nothing starts the other {nodes - 1} node(s): it would wait "
+        "run.process_group_timeout_s for them. Run the command on every node under torchrun "
+        f"(torchrun --nnodes={nodes} --nproc-per-node={per_node} --node-rank=<0..{nodes - 1}> "
+        "--master-addr=<node 0's address> --master-port=29500 main.py ...) or srun (an "
+        f"sbatch job with --nodes={nodes} --ntasks-per-node={per_node}: srun python main.py "
+        "...), as in the README's section Multi-node runs; or pass --trainer.num_nodes=1 to train "
+        "on this machine alone"
+    )
 
 
 def lost_peer(error: BaseException | None) -> PeerLost | None:

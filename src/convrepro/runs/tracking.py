@@ -58,26 +58,54 @@ class RunConfigSaver(SaveConfigCallback):
     (the second run in a folder then aborts); here every run has its own folder. With
     ``keep_existing`` (a resume) a config already there stays: it describes how the run began,
     and the run's provenance records what the resume changed.
+
+    ``linked_settings`` are values linked from elsewhere (the backbone's class count, from the
+    data) that a config may also write: a dump leaves every link target out, these are kept,
+    with the value the config holds when the run starts (the one used).
     """
 
     def __init__(
-        self, *args, run_dir: str, filename: str, keep_existing: bool = False, **kwargs
+        self,
+        *args,
+        run_dir: str,
+        filename: str,
+        keep_existing: bool = False,
+        linked_settings: tuple[str, ...] = (),
+        **kwargs,
     ) -> None:
         super().__init__(*args, save_to_log_dir=False, **kwargs)
         self.run_dir = Path(run_dir)
         self.filename = filename
         self.keep_existing = keep_existing
+        self.linked_settings = linked_settings
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / self.filename
-        if not (self.keep_existing and path.is_file()):
-            self.parser.save(self.config, path, skip_none=False, overwrite=True)
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for key in self.linked_settings:
+            _put(resolved, key, self.config.get(key))
+        if not (self.keep_existing and path.is_file()):
+            # jsonargparse's own YAML layout (parser.save), with the linked values put back
+            path.write_text(
+                yaml.safe_dump(
+                    resolved, default_flow_style=False, allow_unicode=True, sort_keys=False
+                )
+            )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(resolved, allow_val_change=True)
         rank_zero_info(f"Run folder: {self.run_dir}")
+
+
+def _put(config: dict, key: str, value: object) -> None:
+    """``config[a][b][c] = value`` for ``key`` "a.b.c", where the sections are there and
+    ``value`` is not ``None`` (a backbone without the parameter, say)."""
+    *sections, name = key.split(".")
+    for section in sections:
+        config = config.get(section) if isinstance(config, dict) else None
+    if isinstance(config, dict) and value is not None:
+        config[name] = value
 
 
 class RunCSVLogger(CSVLogger):
