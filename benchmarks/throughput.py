@@ -58,11 +58,11 @@ from report import PATHS, markdown
 from torch import nn
 from torchvision.datasets import CIFAR10
 
-from convrepro.cli import default_precision
 from convrepro.data import CIFAR10DataModule
 from convrepro.reliability.divergence import DivergenceGuard
 from convrepro.reliability.resume import ExactResume
 from convrepro.runs.console import silence_known_noise
+from convrepro.runs.trainer_setup import default_precision
 from convrepro.testing import accepting_made_up_files, make_cifar10, preloaded_context
 from convrepro.training.classifier import ImageClassifier
 

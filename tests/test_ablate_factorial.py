@@ -9,7 +9,8 @@ from test_ablate_publish import grid_with_records
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate import factorial
-from convrepro.ablate.publish import publish, render_results_section
+from convrepro.ablate.publish import publish
+from convrepro.ablate.readme import render_results_section
 from convrepro.ablate.report import PUBLISHED_EFFECTS, render_summary
 from convrepro.ablate.results import RunResult
 from convrepro.ablate.spec import load_spec

@@ -11,7 +11,8 @@ import pytest
 
 from convrepro.ablate import stats
 from convrepro.ablate.__main__ import main
-from convrepro.ablate.publish import BEGIN, END, RUN_RECORDS, publish, update_readme
+from convrepro.ablate.publish import RUN_RECORDS, publish
+from convrepro.ablate.readme import BEGIN, END, update_readme
 from convrepro.ablate.results import read_results_csv
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, load_spec, runs_root
 from convrepro.runs.provenance import CodeVersion, Invocation, run_data_label, write_provenance

@@ -16,7 +16,6 @@ for each case (a lost process: ``tests/test_multinode.py``).
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import signal
@@ -25,14 +24,12 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 import yaml
-from jsonargparse import Namespace, dict_to_namespace, get_loader, set_loader
+from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -40,14 +37,6 @@ from convrepro.data import BaseImageDataModule
 from convrepro.data.trained_inputs import apply_trained_inputs, restore_fitted_inputs
 from convrepro.errors import DEBUG_ENV, ConfigError, UserError
 from convrepro.files import DuplicateKeyError, check_unique_keys
-from convrepro.reliability import (
-    AtomicCheckpointIO,
-    DivergenceGuard,
-    ExactResume,
-    PeriodicCheckpoint,
-    PreemptionCheckpoint,
-    RunCheckpoint,
-)
 from convrepro.reliability.checkpoint_io import CheckpointFile, read_checkpoint
 from convrepro.reliability.distributed import announce_world_change, configure_processes, lost_peer
 from convrepro.reliability.settings import StoreSettings, changed_settings, flat_settings
@@ -57,16 +46,23 @@ from convrepro.runs.console import (
     silence_evaluation_noise,
     silence_known_noise,
 )
-from convrepro.runs.folder import DiscardUnstartedRun, RunFolder
+from convrepro.runs.folder import DiscardUnstartedRun
 from convrepro.runs.identity import RunOptions, resolve_run
 from convrepro.runs.provenance import command_line, new_invocation, utc_now
 from convrepro.runs.records import PredictionWriter, RunProvenance, RunSummary
-from convrepro.runs.tracking import RunConfigSaver, RunCSVLogger, choose_wandb_mode
-from convrepro.training import ImageClassifier, metrics
+from convrepro.runs.tracking import RunConfigSaver, choose_wandb_mode
+from convrepro.runs.trainer_setup import (
+    DEFAULT_LOGGER,
+    class_of,
+    configure_loggers,
+    has_callback,
+    is_a,
+    prepare_trainer,
+    safety_callbacks,
+)
+from convrepro.training import ImageClassifier
 from convrepro.training.classifier import PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHT_DECAY
 
-WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
-DEFAULT_LOGGER = {"class_path": WANDB_LOGGER, "init_args": {"project": "convrepro"}}
 # ImageClassifier's defaults for `optimizer`/`lr_scheduler: null` (the papers' SGD, LR x0.1 when
 # val/acc plateaus) spelt out as config entries: configs need not repeat them, one value can be
 # changed (`--model.optimizer.init_args.lr=0.1`), and config.yaml records them.
@@ -81,14 +77,6 @@ DEFAULT_LR_SCHEDULER = {
     "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
     "init_args": {"mode": "max", "factor": 0.1},
 }
-
-
-def default_precision(accelerator: Any = "auto") -> str:
-    """Mixed precision where the hardware has it, full precision on the CPU (also when the
-    config asks for the CPU on a machine with a GPU)."""
-    if accelerator == "cpu" or not torch.cuda.is_available():
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 class ArgumentParser(LightningArgumentParser):
@@ -216,15 +204,15 @@ class ConvReproCLI(LightningCLI):
         super()._parse_ckpt_path()
         if subcommand not in (None, "fit") and self._checkpoint is not None:
             data = self.config[subcommand].data
-            apply_trained_inputs(_class_of(data), data.init_args, self._checkpoint.content)
+            apply_trained_inputs(class_of(data), data.init_args, self._checkpoint.content)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False, a library call: the classes, and no run folder
-            _prepare_trainer(self.config.trainer)
+            prepare_trainer(self.config.trainer)
             self.save_config_callback = None
             loggers = self.config.trainer.logger
             for entry in loggers if isinstance(loggers, list) else [loggers]:
-                if _is_a(entry, WandbLogger):
+                if is_a(entry, WandbLogger):
                     choose_wandb_mode(entry.init_args)
             return
         if self.subcommand != "fit":
@@ -233,10 +221,10 @@ class ConvReproCLI(LightningCLI):
         run = self._run
         trainer = config.trainer
         trainer.default_root_dir = str(run.path)
-        _prepare_trainer(trainer)
+        prepare_trainer(trainer)
         if config.get("weights_only") is None:
             config.weights_only = True  # our checkpoints hold only tensors and plain values
-        loggers = _configure_loggers(trainer, run.path, config.run)
+        loggers = configure_loggers(trainer, run.path, config.run)
         resume = self.subcommand == "fit" and bool(config.ckpt_path)
         invocation = new_invocation(
             "resume" if resume else self.subcommand, self._command, self._started
@@ -248,9 +236,9 @@ class ConvReproCLI(LightningCLI):
         callbacks.append(RunProvenance(run, invocation))
         callbacks.append(RunConsole(run))
         if self.subcommand == "fit":
-            callbacks += _training_safety_callbacks(trainer, run, config.run)
+            callbacks += safety_callbacks(trainer, run, config.run)
             callbacks.append(StoreSettings(self._settings))
-        if loggers and not _has_callback(trainer, LearningRateMonitor):
+        if loggers and not has_callback(trainer, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run))
@@ -266,10 +254,11 @@ class ConvReproCLI(LightningCLI):
         """The backbone was built for the data's class count (the link): say so where a config
         or the command gave another, and put the count used in the config that the run's
         records (config.yaml, W&B) hold."""
+        # (a parse-only subclass, the ablation preflight's, builds no datamodule)
+        used = getattr(getattr(self, "datamodule", None), "num_classes", None)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        backbone = config.model.backbone.get("init_args")
-        used = getattr(self.datamodule, "num_classes", None)
-        if used is None or backbone is None or backbone.get("num_classes") in (None, used):
+        backbone = config.model.backbone.get("init_args") if used is not None else None
+        if backbone is None or backbone.get("num_classes") in (None, used):
             return
         given = self._given(BACKBONE_CLASSES)
         if given is not None and given != used:
@@ -315,96 +304,6 @@ class ConvReproCLI(LightningCLI):
 def _config_stem(config: Namespace) -> str:
     paths = config.get("config") or []
     return Path(str(paths[0])).stem if paths else "default"
-
-
-def _class_of(entry: Any) -> type | None:
-    """The class a ``trainer.callbacks``/``trainer.plugins`` entry builds: an instance's type, or
-    the class a ``class_path`` names; ``None`` for anything else (a precision name, say)."""
-    if not isinstance(entry, (dict, Namespace)):
-        return type(entry) if not isinstance(entry, str) else None
-    class_path = entry.get("class_path")
-    if not class_path:
-        return None
-    module, _, name = str(class_path).rpartition(".")
-    found = getattr(importlib.import_module(module), name, None)
-    return found if isinstance(found, type) else None
-
-
-def _is_a(entry: Any, kind: type) -> bool:
-    found = _class_of(entry)
-    return found is not None and issubclass(found, kind)
-
-
-def _has_callback(trainer: Namespace, kind: type) -> bool:
-    return any(_is_a(entry, kind) for entry in trainer.get("callbacks") or [])
-
-
-def _training_safety_callbacks(trainer: Namespace, run: RunFolder, options: Namespace) -> list[Any]:
-    """Checkpoints (best, end-of-epoch, periodic, on a stop signal), exact resume, NaN guard."""
-    callbacks: list[Any] = [
-        ExactResume(),
-        DivergenceGuard(),
-        PreemptionCheckpoint(run.interrupt_checkpoint),
-    ]
-    if not _has_callback(trainer, ModelCheckpoint):
-        callbacks.append(
-            RunCheckpoint(
-                dirpath=run.checkpoints,
-                filename=Path(RunFolder.BEST_CHECKPOINT).stem,
-                monitor=metrics.VAL_ACC,
-                mode="max",
-                save_last=True,
-                enable_version_counter=False,  # last.ckpt is shared with PeriodicCheckpoint
-            )
-        )
-    if options.checkpoint_every_n_steps is not None:
-        if options.checkpoint_every_n_steps < 1:
-            raise ConfigError(
-                f"run.checkpoint_every_n_steps must be a positive number of steps or null, "
-                f"got {options.checkpoint_every_n_steps}"
-            )
-        callbacks.append(PeriodicCheckpoint(run.checkpoints, options.checkpoint_every_n_steps))
-    return callbacks
-
-
-def _prepare_trainer(trainer: Namespace) -> None:
-    """The machine's precision unless one is set; checkpoints written atomically."""
-    if trainer.precision is None:
-        trainer.precision = default_precision(trainer.accelerator)
-    trainer.plugins = _with_atomic_checkpoint_io(trainer.plugins)
-
-
-def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
-    """``trainer.plugins`` plus :class:`AtomicCheckpointIO`, unless one writes checkpoints."""
-    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
-    if not any(_is_a(plugin, CheckpointIO) for plugin in plugins):
-        plugins.append(Namespace(class_path=f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"))
-    return plugins
-
-
-def _configure_loggers(trainer: Namespace, run_dir: Path, run: Namespace) -> list[Namespace]:
-    """Point every configured logger at the run folder; W&B goes offline when it must."""
-    loggers = trainer.logger
-    if loggers in (None, False):
-        return []
-    if loggers is True:
-        loggers = trainer.logger = dict_to_namespace(DEFAULT_LOGGER)
-    entries = loggers if isinstance(loggers, list) else [loggers]
-    for entry in entries:
-        init_args = entry.init_args
-        init_args.save_dir = str(run_dir)
-        if _is_a(entry, WandbLogger):
-            init_args.id = re.sub(r"[^\w-]", "-", f"{run.name}-{run.id}")
-            init_args.name = init_args.get("name") or f"{run.name}/{run.id}"
-            init_args.resume = "allow"
-            init_args.group = init_args.get("group") or run.group
-            init_args.tags = list(init_args.get("tags") or []) + list(run.tags)
-            choose_wandb_mode(init_args)
-        elif "name" in init_args or "version" in init_args:
-            init_args.name, init_args.version = "", ""  # CSV/TensorBoard: log_dir = run folder
-        if _class_of(entry) is CSVLogger:
-            entry.class_path = f"{RunCSVLogger.__module__}.{RunCSVLogger.__name__}"
-    return entries
 
 
 def main(args: list[str] | None = None) -> None:

@@ -35,11 +35,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from convrepro.ablate.arguments import (
+    PROG,
+    add_set_argument,
+    add_source_arguments,
+    device_list,
+    spec_and_out,
+)
 from convrepro.ablate.slurm_options import add_override_arguments, overrides_from_args
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, default_out, load_spec
 from convrepro.errors import AblationError, UserError
-
-PROG = "python -m convrepro.ablate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +85,7 @@ def _run(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--devices",
-        type=_device_list,
+        type=device_list,
         help="local: comma-separated CUDA_VISIBLE_DEVICES values, one run at a time on each "
         "(default: every visible GPU when there are several)",
     )
@@ -99,7 +104,7 @@ def _run(argv: list[str]) -> int:
         action="store_true",
         help="with --commit-records: push the branch to its upstream after each commit",
     )
-    _add_set_argument(parser)
+    add_set_argument(parser)
     add_override_arguments(parser)
     args = parser.parse_args(argv)
     if args.push and not args.commit_records:
@@ -161,7 +166,7 @@ def _one(argv: list[str]) -> int:
         help="processes per node of a multi-process (DDP) run: --trainer.devices",
     )
     parser.add_argument("--num-nodes", type=int, help="nodes of a multi-process run")
-    _add_set_argument(parser)
+    add_set_argument(parser)
     args = parser.parse_args(argv)
     from convrepro.ablate.point import run_point
 
@@ -182,11 +187,11 @@ def _status(argv: list[str]) -> int:
         description="Show every grid point as done, running, queued, preempted/requeued, "
         "interrupted, failed (with its log) or not started. Exit status 1 while any failed.",
     )
-    _add_source_arguments(parser)
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
     from convrepro.ablate.status import PointState, grid_status, render_status
 
-    spec, out = _spec_and_out(args.source, args.out)
+    spec, out = spec_and_out(args.source, args.out)
     statuses, problem = grid_status(spec, out)
     print(render_status(spec, statuses, problem))
     return 1 if any(s.state is PointState.FAILED for s in statuses) else 0
@@ -221,7 +226,7 @@ def _report(argv: list[str]) -> int:
         description="Re-render an ablation's report (results.csv, summary.md, plots) from its "
         "run folders, or from the runs of its W&B group.",
     )
-    _add_source_arguments(parser)
+    add_source_arguments(parser)
     parser.add_argument(
         "--wandb",
         metavar="ENTITY/PROJECT",
@@ -230,11 +235,11 @@ def _report(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     if args.wandb:
-        spec = _spec_and_out(args.source, None)[0]
+        spec = spec_and_out(args.source, None)[0]
         out = args.out or default_out(f"{spec.name}-wandb")
         _copy_wandb_group(spec, args.wandb, out)
     else:
-        spec, out = _spec_and_out(args.source, args.out)
+        spec, out = spec_and_out(args.source, args.out)
     _write_report(spec, out)
     return 0
 
@@ -269,7 +274,7 @@ def _publish(argv: list[str]) -> int:
         "no paths of this machine) into RESULTS/<name>/, for committing. Refused when no run "
         "has a result, and when it would replace a published copy holding more.",
     )
-    _add_source_arguments(parser)
+    add_source_arguments(parser)
     parser.add_argument("--results", type=Path, default=Path("results"), help="default: results")
     parser.add_argument(
         "--replace",
@@ -283,7 +288,7 @@ def _publish(argv: list[str]) -> int:
         help="publish although planned runs have no result; the README names each",
     )
     args = parser.parse_args(argv)
-    spec, out = _spec_and_out(args.source, args.out)
+    spec, out = spec_and_out(args.source, args.out)
     from convrepro.ablate.publish import publish
 
     done = publish(
@@ -342,7 +347,7 @@ def _readme(argv: list[str]) -> int:
         "--check", action="store_true", help="change nothing; exit 1 if the README differs"
     )
     args = parser.parse_args(argv)
-    from convrepro.ablate.publish import update_readme
+    from convrepro.ablate.readme import update_readme
 
     current = update_readme(args.readme, args.results, check=args.check)
     if current:
@@ -379,47 +384,6 @@ def _copy_wandb_group(spec: AblationSpec, project: str, out: Path) -> None:
     except (ValueError, wandb.errors.Error) as error:
         raise AblationError(f"W&B group {spec.name!r} of {project}: {error}") from error
     (out / SPEC_FILE).write_text(spec.to_yaml())  # the file's arms and seeds: missing ones show
-
-
-def _add_set_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config setting for every run (repeatable), on top of the file's overrides, "
-        "e.g. --set data.init_args.data_dir=/data/cifar10",
-    )
-
-
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source", type=Path, help="the ablation file, or the ablation's output folder"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="with an ablation file: its output folder, if not the default"
-    )
-
-
-def _spec_and_out(source: Path, out: Path | None) -> tuple[AblationSpec, Path]:
-    """The ablation and its output folder, from an ablation file or from an output folder."""
-    if source.is_dir():
-        spec_file = source / SPEC_FILE
-        if not spec_file.is_file():
-            raise AblationError(
-                f"{spec_file} not found: {source} is not an ablation output folder; run the "
-                f"ablation first ({PROG} ABLATION.yaml --out {source})"
-            )
-        return load_spec(spec_file, need_base=False), source
-    spec = load_spec(source, need_base=False)
-    return spec, out or default_out(spec.name)
-
-
-def _device_list(value: str) -> list[str]:
-    devices = [device.strip() for device in value.split(",") if device.strip()]
-    if not devices:
-        raise argparse.ArgumentTypeError("give device ids separated by commas, e.g. 0,1")
-    return devices
 
 
 if __name__ == "__main__":
