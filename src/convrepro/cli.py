@@ -266,10 +266,11 @@ class ConvReproCLI(LightningCLI):
         """The backbone was built for the data's class count (the link): say so where a config
         or the command gave another, and put the count used in the config that the run's
         records (config.yaml, W&B) hold."""
+        # (a parse-only subclass, the ablation preflight's, builds no datamodule)
+        used = getattr(getattr(self, "datamodule", None), "num_classes", None)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        backbone = config.model.backbone.get("init_args")
-        used = getattr(self.datamodule, "num_classes", None)
-        if used is None or backbone is None or backbone.get("num_classes") in (None, used):
+        backbone = config.model.backbone.get("init_args") if used is not None else None
+        if backbone is None or backbone.get("num_classes") in (None, used):
             return
         given = self._given(BACKBONE_CLASSES)
         if given is not None and given != used:
