@@ -36,20 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
 from common import device_name, write_record
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.cli import instantiate_class
-from throughput import ClockCallback, StepClock
+from throughput import StepClock, timed_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from convrepro.models import ConvLocalNet
-from convrepro.reliability.divergence import DivergenceGuard
-from convrepro.reliability.resume import ExactResume
 from convrepro.runs.console import silence_known_noise
 from convrepro.training.classifier import ImageClassifier
 
@@ -123,18 +120,8 @@ def run_plain(model: ImageClassifier, setting: dict[str, Any], timing: Timing) -
 
 def run_lightning(model: ImageClassifier, setting: dict[str, Any], timing: Timing) -> list[float]:
     clock = timing.clock()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=setting["precision"],
-        max_steps=clock.total_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        callbacks=[ExactResume(), DivergenceGuard(), ClockCallback(clock)],
+    trainer = timed_trainer(
+        clock, setting["precision"], accelerator="cpu", enable_progress_bar=False
     )
     trainer.fit(model, batches(4))
     return clock.windows()["windows_s"]

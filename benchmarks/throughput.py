@@ -186,23 +186,28 @@ def run_lightning(spec: Spec, fast: bool) -> dict[str, Any]:
         compile=settings["compile"],
     )
     clock = StepClock(spec, device())
-    trainer = pl.Trainer(
-        accelerator="auto",
+    trainer = timed_trainer(
+        clock, settings["precision"], benchmark=fast, use_distributed_sampler=False
+    )
+    trainer.fit(model, datamodule)
+    return {**clock.windows(), "settings": settings}
+
+
+def timed_trainer(clock: StepClock, precision: str, **settings: Any) -> pl.Trainer:
+    """A Trainer for ``clock``'s steps: no validation, logging or checkpoints, with the per-step
+    callbacks every CLI run has and the clock."""
+    return pl.Trainer(
         devices=1,
-        precision=settings["precision"],
-        benchmark=fast,
+        precision=precision,
         max_steps=clock.total_steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        use_distributed_sampler=False,
-        # The per-step callbacks every CLI run has, and the clock.
         callbacks=[ExactResume(), DivergenceGuard(), ClockCallback(clock)],
+        **settings,
     )
-    trainer.fit(model, datamodule)
-    return {**clock.windows(), "settings": settings}
 
 
 RUNNERS = {
