@@ -9,7 +9,8 @@ from test_ablate_runner import assert_png, read_csv
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate.__main__ import main
-from convrepro.ablate.report import PUBLISHED, render_paper_comparison, write_report
+from convrepro.ablate.published import PUBLISHED
+from convrepro.ablate.report import render_paper_comparison, write_report
 from convrepro.ablate.results import RunResult, write_results_csv
 from convrepro.errors import AblationError
 from convrepro.testing import MADE_UP_NAME, write_made_up_ablation

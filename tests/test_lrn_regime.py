@@ -25,7 +25,7 @@ from convrepro.testing import make_cifar10, make_image_folder, skip_md5_checks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "ablations" not in p.parts)
-ABLATIONS = sorted((REPO / "configs" / "ablations").glob("*.yaml"))
+ABLATIONS = sorted((REPO / "configs" / "ablations").rglob("*.yaml"))
 MIN_RELATIVE_RESPONSE = 1e-3
 DECLARATION = "# LRN regime:"
 

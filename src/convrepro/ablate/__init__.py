@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PUBLISHED": "report",
+    "PUBLISHED": "published",
     "render_paper_comparison": "report",
     "write_report": "report",
     "run_grid": "local",

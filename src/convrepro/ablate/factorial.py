@@ -51,7 +51,7 @@ class Factor:
 class Contrast:
     """A named combination of arm means: ``sum(weights[arm] * mean(arm))``."""
 
-    kind: str  # "simple", "main", "interaction", "both"
+    kind: str  # "simple", "main", "interaction", "both"; "pair" (contrasts.ArmPair)
     label: str
     weights: Mapping[str, float]
 
@@ -165,13 +165,13 @@ def parse_factors(path: Path, section: Any, arms: Sequence[str]) -> Factorial | 
 
 
 def effects(
-    factorial: Factorial,
+    contrasts: Sequence[Contrast],
     values: Mapping[str, Mapping[int, float]],
     confidence: float = stats.CONFIDENCE,
 ) -> list[Effect]:
-    """Every contrast of :meth:`Factorial.contrasts` over the arms' values (keyed by seed)."""
+    """Each contrast (e.g. :meth:`Factorial.contrasts`) over the arms' values (keyed by seed)."""
     found = []
-    for contrast in factorial.contrasts():
+    for contrast in contrasts:
         arms = list(contrast.weights)
         weights = [contrast.weights[arm] for arm in arms]
         groups = [values.get(arm, {}) for arm in arms]

@@ -2,7 +2,8 @@
 
 ``readme`` renders the section between :data:`BEGIN` and :data:`END` of README.md; ``--check``
 (and the test suite) fails when the README's figures differ from what the records give. A grid
-with a 2x2 design (``factors:``) opens the section with its effects in short.
+with a 2x2 design (``factors:``) or named contrasts (``contrasts:``, beside the published grids
+it names in ``compare_with:``) opens the section with its effects in short.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 import yaml
 
 from convrepro.ablate import factorial, stats
+from convrepro.ablate.published import PUBLISHED_EFFECTS, published_for
 from convrepro.ablate.report import (
     CURVES_PLOT,
-    PUBLISHED_EFFECTS,
     REPORT_FILE,
     TEST_PLOT,
     _ci,
@@ -30,7 +31,6 @@ from convrepro.ablate.report import (
     _p,
     _range,
     _signed,
-    published_for,
     render_factorial,
 )
 from convrepro.ablate.results import (
@@ -95,7 +95,9 @@ def render_results_section(results_root: Path, repository: Path) -> str:
     if not folders:
         raise AblationError(f"no published ablation in {results_root}/ (publish one first)")
     published = [PublishedAblation.read(folder) for folder in folders]
-    parts = [render_answer(p) for p in published if p.spec.factors is not None]
+    by_name = {p.spec.name: p for p in published}
+    parts = [render_comparison(p, by_name) for p in published if p.spec.contrasts]
+    parts += [render_answer(p) for p in published if p.spec.factors is not None]
     parts += [render_ablation(p, repository) for p in published]
     return "\n".join([BEGIN, "", *parts, END])
 
@@ -115,7 +117,7 @@ def render_answer(published: PublishedAblation) -> str:
         "| change | kind | Δ error | 95% CI | runs | measured elsewhere |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    for effect in factorial.effects(spec.factors, errors):
+    for effect in factorial.effects(spec.factors.contrasts(), errors):
         label = effect.contrast.label
         elsewhere = PUBLISHED_EFFECTS.get((spec.name, label), "-")
         lines.append(
@@ -123,6 +125,52 @@ def render_answer(published: PublishedAblation) -> str:
             f"| {_range(effect.welch)} | {effect.runs} | {elsewhere} |"
         )
     return "\n".join([*lines, ""])
+
+
+def render_comparison(
+    published: PublishedAblation, by_name: Mapping[str, PublishedAblation]
+) -> str:
+    """A grid's named contrasts (``contrasts:``) beside the same contrasts in the published
+    grids it names in ``compare_with:`` (e.g. the same arms trained for fewer epochs)."""
+    spec = published.spec
+    absent = [name for name in spec.compare_with if name not in by_name]
+    if absent:
+        raise AblationError(
+            f"{spec.name} compares itself with {', '.join(absent)}, not published in results/: "
+            "publish it first, or remove it from the ablation file's compare_with"
+        )
+    grids = [published, *(by_name[name] for name in spec.compare_with)]
+    errors = [_errors_by_arm(g.results, g.spec, "test_acc") for g in grids]
+    columns = [f"`{g.spec.name}` ({_epochs(g.results)})" for g in grids]
+    lines = [
+        f"### In short: `{spec.name}`",
+        "",
+        "Test error (multiview where the protocol has it), percentage points; negative = fewer "
+        "errors; each cell: Δ error [95% Welch-Satterthwaite CI over seeds] (runs). Each "
+        "grid's section below has its arms, protocol and per-seed records.",
+        "",
+        "| change | " + " | ".join(columns) + " | measured elsewhere |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " | --- |",
+    ]
+    for pair in spec.contrasts:
+        cells = []
+        for grid, values in zip(grids, errors, strict=True):
+            if not {pair.changed, pair.reference} <= set(grid.spec.arms):
+                cells.append("no such arms")
+                continue
+            (effect,) = factorial.effects([pair.contrast()], values)
+            cells.append(
+                f"{_signed(effect.welch.difference)} {_range(effect.welch)} ({effect.runs})"
+            )
+        elsewhere = PUBLISHED_EFFECTS.get((spec.name, pair.label), "-")
+        change = f"{pair.label}: `{pair.changed}` - `{pair.reference}`"
+        lines.append(f"| {change} | " + " | ".join(cells) + f" | {elsewhere} |")
+    return "\n".join([*lines, ""])
+
+
+def _epochs(results: Sequence[RunResult]) -> str:
+    lengths = sorted({r.epochs for r in results})
+    return f"{'/'.join(map(str, lengths)) or '?'} epochs"
 
 
 def render_ablation(published: PublishedAblation, repository: Path) -> str:

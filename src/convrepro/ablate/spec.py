@@ -14,6 +14,9 @@ slurm: {partition: gpu, time: "4:00:00"}   # optional: --launcher slurm (see slu
 factors:                           # optional: four arms read as a 2x2 design (see factorial)
   LRN: {off: [A, B-wide], on: [A-LRN, B-wide-LRN]}
   width: {narrow: [A, A-LRN], wide: [B-wide, B-wide-LRN]}
+contrasts:                         # optional: named arm differences (see contrasts)
+  LRN alone: [A-LRN, A]
+compare_with: [lrn_vgg_a_cifar_short]  # optional: published grids with the same arms
 ```
 
 Seed ``N`` sets ``--seed_everything=N`` and ``--data.init_args.seed=N``, so weight initialisation,
@@ -40,13 +43,17 @@ from typing import Any
 
 import yaml
 
+from convrepro.ablate.contrasts import ArmPair, parse_compare_with, parse_contrasts
 from convrepro.ablate.factorial import Factorial, parse_factors
 from convrepro.ablate.slurm_options import SlurmOptions, parse_slurm_section
 from convrepro.errors import AblationError
 from convrepro.files import DuplicateKeyError, UniqueKeyLoader
 from convrepro.runs.folder import RunFolder
 
-ALLOWED_KEYS = ("name", "base", "seeds", "baseline", "overrides", "arms", "slurm", "factors")
+ALLOWED_KEYS = (
+    "name", "base", "seeds", "baseline", "overrides", "arms", "slurm", "factors", "contrasts",
+    "compare_with",
+)  # fmt: skip
 #: Options the runner sets for every run; an ablation file must not set them itself.
 RUNNER_KEYS = ("seed_everything", "ckpt_path", "run", "config")
 DATA_SEED_KEY = "data.init_args.seed"
@@ -86,6 +93,8 @@ class AblationSpec:
     baseline: str
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     factors: Factorial | None = None
+    contrasts: tuple[ArmPair, ...] = ()
+    compare_with: tuple[str, ...] = ()
 
     def runs(self) -> list[Run]:
         """Every arm x seed, arm-major (the order they are run and reported in)."""
@@ -139,6 +148,10 @@ class AblationSpec:
             data["slurm"] = self.slurm.to_dict()
         if self.factors is not None:
             data["factors"] = self.factors.to_dict()
+        if self.contrasts:
+            data["contrasts"] = {p.label: [p.changed, p.reference] for p in self.contrasts}
+        if self.compare_with:
+            data["compare_with"] = list(self.compare_with)
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -186,6 +199,7 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     _check_name(path, "name", name)
     arms = _arms(path, data.get("arms"))
     baseline = data.get("baseline") or next(iter(arms))
+    contrasts = parse_contrasts(path, data.get("contrasts"), list(arms))
     if baseline not in arms:
         raise AblationError(
             f"{path}: baseline {baseline!r} is not an arm; choose one of {', '.join(arms)}"
@@ -199,6 +213,8 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
         baseline=baseline,
         slurm=_slurm(path, data.get("slurm")),
         factors=parse_factors(path, data.get("factors"), list(arms)),
+        contrasts=contrasts,
+        compare_with=parse_compare_with(path, data.get("compare_with"), contrasts),
     )
 
 
