@@ -12,7 +12,7 @@ import pytest
 from convrepro.ablate import stats
 from convrepro.ablate.__main__ import main
 from convrepro.ablate.publish import RUN_RECORDS, publish
-from convrepro.ablate.readme import BEGIN, END, update_readme
+from convrepro.ablate.readme import BEGIN, END, render_results_section, update_readme
 from convrepro.ablate.results import read_results_csv
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, load_spec, runs_root
 from convrepro.runs.provenance import CodeVersion, Invocation, run_data_label, write_provenance
@@ -358,16 +358,23 @@ def test_what_ships_with_the_repository_names_no_machine_path():
     assert not machine_paths_in(results_section)
 
 
-@pytest.mark.parametrize("in_configs", [True, False], ids=["configs-ablations", "outside"])
-def test_the_redo_line_runs_as_printed_on_a_fresh_clone(tmp_path, monkeypatch, in_configs):
+@pytest.mark.parametrize("where", ["configs-ablations", "a-folder-in-it", "outside"])
+def test_the_redo_line_runs_as_printed_on_a_fresh_clone(tmp_path, monkeypatch, where):
     """The README's Redo line, its placeholder filled in, starts the grid on a clone (a dry run:
-    every arm's config parsed, the data opened), whether or not its ablation file is in
-    configs/ablations/."""
+    every arm's config parsed, the data opened), whether its ablation file is in
+    configs/ablations/, in a folder of it, or nowhere in the clone."""
     clone = tmp_path / "clone"
     shutil.copytree(ROOT / "configs", clone / "configs")
-    spec = load_spec(clone / "configs" / "ablations" / "lrn_conv_local_cifar.yaml")
-    if not in_configs:
+    ablations = clone / "configs" / "ablations"
+    spec = load_spec(ablations / "lrn_conv_local_cifar.yaml")
+    if where != "configs-ablations":
         spec = replace(spec, name="my_lrn_grid")
+    if where == "a-folder-in-it":
+        (ablations / "mine").mkdir()
+        text = (ablations / "lrn_conv_local_cifar.yaml").read_text()
+        (ablations / "mine" / "my_lrn_grid.yaml").write_text(
+            text.replace("base: ../", "base: ../../").replace("name: lrn_conv", "name: my_lrn_grid")
+        )
     data = tmp_path / "cifar-jpegs"  # the grid's data, outside the clone
     spec = spec.with_settings(["data.init_args.source=folders", f"data.init_args.data_dir={data}"])
     out = tmp_path / "grid"
@@ -384,7 +391,9 @@ def test_the_redo_line_runs_as_printed_on_a_fresh_clone(tmp_path, monkeypatch, i
     redo = next(line for line in readme.read_text().splitlines() if line.startswith("Redo"))
     command = redo.split("`")[1]
     assert "--set data.init_args.data_dir=<DATA_DIR>" in command and str(tmp_path) not in redo
-    assert ("lay outside configs/" in redo) is not in_configs
+    assert ("lay outside configs/" in redo) is (where == "outside")
+    if where == "a-folder-in-it":
+        assert "configs/ablations/mine/my_lrn_grid.yaml" in command
     mine = make_cifar10_folders(tmp_path / "my-cifar", 100, 20, image_format="JPEG")
     argv = shlex.split(command.replace("<DATA_DIR>", str(mine)))
     assert argv[:3] == ["python", "-m", "convrepro.ablate"]
@@ -405,3 +414,29 @@ def test_readme_of_missing_folders_or_files_is_one_error_line(tmp_path, capsys):
         assert main(["readme", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and named in err
+
+
+def test_a_one_seed_grid_reads_as_single_runs_validation_first(tmp_path):
+    """A selection grid (one seed per arm): each run's last and best validation accuracy, then
+    its test error, and no intervals or p-values, which one run per arm cannot give."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    selection = tmp_path / "configs" / "ablations" / "selection"
+    with pytest.warns(UserWarning, match="one seed per arm"):
+        spec = load_spec(selection / "cpu_long_lr_conv_local_cifar.yaml")
+    out = tmp_path / "grid"
+    grid_with_records(out, spec)
+    effects = {"lr-0.005": 0.02, "lr-0.04": -0.5}
+    write_made_up_ablation(out, effects=effects, spec=spec, epochs=4, run_noise=0.0)
+    publish(spec, out, tmp_path / "results")
+    section = render_results_section(tmp_path / "results", tmp_path)
+    assert "5 runs of 5 planned (5 arms x 1 seeds)" in section
+    assert "| arm | epochs | validation accuracy, last epoch | best | test error |" in section
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in section.splitlines()}
+    published = tmp_path / "results" / spec.name
+    history = spec.run_folder(published, spec.run("lr-0.005", 100)).read_history()
+    last = 100 * float(history[-1]["val/acc"])
+    assert rows["lr-0.005"][:2] == ["4", f"{last:.2f}"]
+    assert float(rows["lr-0.04"][3].rstrip(" |")) > float(rows["lr-0.005"][3].rstrip(" |"))
+    assert "95% CI" not in section and "Welch p" not in section
+    redo = "Redo, from the repository's root: `python -m convrepro.ablate configs/ablations/"
+    assert redo + "selection/cpu_long_lr_conv_local_cifar.yaml" in section

@@ -188,3 +188,15 @@ def test_percent_by_arm(
     for result in results:
         by_arm.setdefault(result.arm, {})[result.seed] = 100 * getattr(result, column)
     return by_arm
+
+
+def errors_by_arm(
+    results: Iterable[RunResult], arms: Iterable[str], column: str = "test_acc"
+) -> dict[str, dict[int, float]]:
+    """A test accuracy column as error in percent, ``{arm: {seed: value}}``, runs without that
+    column (NaN) left out."""
+    accuracies = test_percent_by_arm(results, arms, column)
+    return {
+        arm: {seed: 100 - value for seed, value in values.items() if not math.isnan(value)}
+        for arm, values in accuracies.items()
+    }

@@ -174,7 +174,8 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     """Read and validate an ablation file.
 
     ``need_base=False`` skips the check that the base config exists, for re-rendering the
-    report of runs that are already done.
+    report of runs that are already done (and the warning that one seed gives no intervals,
+    which is for planning a grid).
     """
     path = Path(path)
     if not path.is_file():
@@ -207,7 +208,7 @@ def load_spec(path: str | Path, *, need_base: bool = True) -> AblationSpec:
     return AblationSpec(
         name=name,
         base=_base(path, data.get("base"), need_base),
-        seeds=_seeds(path, data.get("seeds")),
+        seeds=_seeds(path, data.get("seeds"), warn_one=need_base),
         arms=arms,
         overrides=_overrides(path, "overrides", data.get("overrides")),
         baseline=baseline,
@@ -263,7 +264,7 @@ def _base(path: Path, base: Any, need_base: bool) -> Path:
     return found.resolve() if found else Path(base)
 
 
-def _seeds(path: Path, seeds: Any) -> tuple[int, ...]:
+def _seeds(path: Path, seeds: Any, warn_one: bool) -> tuple[int, ...]:
     if (
         not isinstance(seeds, list)
         or not seeds
@@ -272,7 +273,7 @@ def _seeds(path: Path, seeds: Any) -> tuple[int, ...]:
         raise AblationError(f"{path}: `seeds:` must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise AblationError(f"{path}: `seeds:` lists a seed twice: {seeds}")
-    if len(seeds) < 2:
+    if len(seeds) < 2 and warn_one:  # planning a grid, not reading one that ran
         warnings.warn(
             f"{path}: one seed per arm gives no spread estimate, so no confidence intervals or "
             "p-values; use 3 or more seeds to compare arms",
