@@ -195,6 +195,35 @@ def published_grid(tmp_path: Path) -> tuple[AblationSpec, Path, Path]:
     return spec, out, results
 
 
+def test_the_budget_of_a_grid_run_in_two_sessions_says_so(tmp_path):
+    """A fit killed with its session records no end and its run's fit time only the resumed
+    part: the budget line leaves that run out of the per-run times and names the pause."""
+    out, results = tmp_path / "grid", tmp_path / "results"
+    spec = grid_with_records(out)
+    stopped = spec.run_folder(out, spec.run("A-LRN", 1))
+    killed, *_ = json.loads(stopped.provenance_file.read_text())["invocations"]
+    killed = Invocation.from_dict(killed | {"ended": None, "outcome": None})
+    resumed = replace(
+        killed,
+        subcommand="resume",
+        started="2026-01-02T08:59:30+00:00",
+        ended="2026-01-02T09:30:00+00:00",
+        outcome="finished",
+    )
+    write_provenance(stopped, [killed, resumed])
+    publish(spec, out, results)
+    section = render_results_section(results, tmp_path)
+    assert (
+        "training (fit) took 15.0 min per run on average (15.0-15.0) over the 5 runs trained in "
+        "one go; 1 run was stopped mid-fit (a session ended)" in section
+    )
+    # six runs of 30 s on the first day, the resumed part (30.5 min) on the next
+    assert (
+        "ran from 2026-01-01T10:00:00Z to 2026-01-02T09:30:00Z with pauses: runs were in "
+        "progress for 33 of those 1410 min (at least: a stopped fit records no end)" in section
+    )
+
+
 def test_publish_where_the_runs_are_not_refuses_and_keeps_the_published_grid(tmp_path, capsys):
     spec, out, results = published_grid(tmp_path)
     before = files_of(results)

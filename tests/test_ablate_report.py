@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
@@ -9,8 +11,9 @@ from test_ablate_runner import assert_png, read_csv
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate.__main__ import main
+from convrepro.ablate.plots import val_curves
 from convrepro.ablate.published import PUBLISHED
-from convrepro.ablate.report import render_paper_comparison, write_report
+from convrepro.ablate.report import collect_results, render_paper_comparison, write_report
 from convrepro.ablate.results import RunResult, write_results_csv
 from convrepro.errors import AblationError
 from convrepro.testing import MADE_UP_NAME, write_made_up_ablation
@@ -32,6 +35,22 @@ def test_report_command_rerenders_without_training(tmp_path, capsys):
     assert_png(out / "test_acc.png")
     assert main(["report", str(tmp_path)]) == 2
     assert "is not an ablation output folder" in capsys.readouterr().err
+
+
+def test_curves_draw_only_the_runs_the_numbers_rest_on(tmp_path):
+    """A run still training (history, no test result) stays out of its arm's mean and band."""
+    out = tmp_path / "out"
+    spec = write_made_up_ablation(out, epochs=6)
+    running = spec.run_folder(out, spec.run("A-LRN", 2))
+    running.write_summary(replace(running.read_summary(), test={}))
+    lines = running.history.read_text().splitlines()
+    running.history.write_text("\n".join(lines[:3]) + "\n")  # two epochs logged so far
+
+    results = collect_results(spec, out)[0]
+    curves = val_curves(spec, out, results)
+    assert [len(curves[arm]) for arm in ("A", "A-LRN")] == [3, 2]
+    assert all(sorted(history) == list(range(6)) for history in curves["A-LRN"])
+    assert val_curves(spec, out, []) == {}
 
 
 # -- the paper table ---------------------------------------------------------------------------

@@ -29,15 +29,28 @@ def read_val_history(run: RunFolder) -> dict[int, float]:
     }
 
 
-def plot_val_curves(spec: AblationSpec, out: Path, path: Path) -> None:
-    """Validation accuracy per epoch: each arm's mean over seeds, shaded from min to max."""
+def val_curves(
+    spec: AblationSpec, out: Path, results: Sequence[RunResult]
+) -> dict[str, list[dict[int, float]]]:
+    """Per arm, the validation history of each run with a test result, the runs every number of
+    the report rests on: an unfinished run's shorter history would bend its arm's mean where it
+    stops."""
+    curves: dict[str, list[dict[int, float]]] = defaultdict(list)
+    for result in results:
+        history = read_val_history(spec.run_folder(out, spec.run(result.arm, result.seed)))
+        if history:
+            curves[result.arm].append(history)
+    return dict(curves)
+
+
+def plot_val_curves(
+    spec: AblationSpec, out: Path, results: Sequence[RunResult], path: Path
+) -> None:
+    """Validation accuracy per epoch (:func:`val_curves`): each arm's mean over seeds, shaded
+    from min to max."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
-    curves: dict[str, list[dict[int, float]]] = defaultdict(list)
-    for run in spec.runs():
-        history = read_val_history(spec.run_folder(out, run))
-        if history:
-            curves[run.arm].append(history)
+    curves = val_curves(spec, out, results)
     for arm, histories in curves.items():
         epochs = sorted(set().union(*histories))
         values = [[100 * h[e] for h in histories if e in h] for e in epochs]
@@ -48,7 +61,7 @@ def plot_val_curves(spec: AblationSpec, out: Path, path: Path) -> None:
     if curves:
         axes.legend()
     else:
-        axes.text(0.5, 0.5, "no validation history yet", ha="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, "no finished run yet", ha="center", transform=axes.transAxes)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set(
         xlabel="epoch",

@@ -44,7 +44,7 @@ def write_report(spec: AblationSpec, out: Path) -> list[Path]:
     (out / REPORT_FILE).write_text(
         render_summary(spec, results, missing) + "\n".join(["", *provenance, ""])
     )
-    plot_val_curves(spec, out, out / CURVES_PLOT)
+    plot_val_curves(spec, out, results, out / CURVES_PLOT)
     plot_test_accuracy(spec, results, out / TEST_PLOT)
     return [out / name for name in (RESULTS_FILE, REPORT_FILE, CURVES_PLOT, TEST_PLOT)]
 

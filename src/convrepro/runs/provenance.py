@@ -85,6 +85,10 @@ class CodeVersion:
         return f"git {self.git_commit[:8]}{changes}"
 
 
+#: The subcommands of an invocation that trains (``resume``: a ``fit`` from a checkpoint).
+TRAINING_SUBCOMMANDS = ("fit", "resume")
+
+
 @dataclass
 class Invocation:
     """One command that touched the run.
