@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from test_ablate_publish import grid_with_records
 from test_ablate_spec import write_ablation_file
 
 from convrepro.ablate import factorial
+from convrepro.ablate.answers import render_comparison
 from convrepro.ablate.publish import publish
 from convrepro.ablate.published import PUBLISHED_EFFECTS
-from convrepro.ablate.readme import render_results_section
+from convrepro.ablate.readme import PublishedAblation, render_results_section
 from convrepro.ablate.spec import load_spec
 from convrepro.errors import AblationError
 from convrepro.testing import write_made_up_ablation
@@ -103,15 +105,37 @@ def test_the_readme_sets_the_long_grid_beside_the_short_one(tmp_path):
     assert f"| change | {columns} | measured elsewhere |" in answer
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in answer.splitlines()}
     lrn = rows["| LRN alone, at 13pct widths: `13pct-with-lrn` - `13pct`"]
-    assert lrn[0].startswith("-1.00 ") and lrn[0].endswith("(10)")
+    assert lrn[0].startswith("-1.00 ") and "; paired " in lrn[0] and lrn[0].endswith("(5+5)")
     assert lrn[1].startswith("+0.00 ") and "3878e8f" in lrn[2]
     width = rows["| local3 width + fc10 wc, with LRN: `11pct` - `13pct-with-lrn`"]
     assert width[0].startswith("-1.00 ") and width[1].startswith("-1.00 ")
     files = rows["| the files' difference: `11pct` - `13pct`"]
     assert files[0].startswith("-2.00 ") and files[1].startswith("-1.00 ")
     assert "-2 (13% -> 11%): the paper" in files[2]
-    long_section = section.split("### `cpu_long_conv_local_cifar`")[1]
-    assert "4-layer CNN, layers-conv-local-11pct.cfg" in long_section.split("###")[0]
+    long_section = section.split("### `cpu_long_conv_local_cifar`")[1].split("###")[0]
+    assert "4-layer CNN, layers-conv-local-11pct.cfg" in long_section
+    # every named contrast also in full (p-values, paired intervals) in the grid's section
+    detail = long_section.split("The grid's named contrasts (")[1]
+    assert "| LRN alone, at 13pct widths | pair | -1.00 |" in detail
+    assert "| the files' difference | pair | -2.00 |" in detail and "Pair: one arm" in detail
+
+
+def test_a_difference_resting_on_too_few_runs_says_so(tmp_path):
+    """A grid published before every seed finished: no interval from one run, none from none."""
+    results = tmp_path / "results"
+    published_grid(results, "files_conv_local_cifar", 4, {})
+    published_grid(results, "cpu_long_conv_local_cifar", 16, {})
+    grids = {path.name: PublishedAblation.read(path) for path in results.iterdir()}
+    long = grids["cpu_long_conv_local_cifar"]
+    kept = [r for r in long.results if r.arm != "11pct" and (r.arm == "13pct" or r.seed == 0)]
+    partial = replace(long, results=kept)
+
+    table = render_comparison(partial, grids).splitlines()
+    rows = {line.split(" | ")[0]: line.split(" | ")[1] for line in table if " | " in line}
+    assert rows["| LRN alone, at 13pct widths: `13pct-with-lrn` - `13pct`"] == (
+        "+0.00 (1+5 runs: too few for a CI)"
+    )
+    assert rows["| the files' difference: `11pct` - `13pct`"] == "no run of `11pct`"
 
 
 def test_the_shipped_long_grid_is_the_short_grids_arms():

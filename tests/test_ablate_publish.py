@@ -215,7 +215,7 @@ def test_the_budget_of_a_grid_run_in_two_sessions_says_so(tmp_path):
     section = render_results_section(results, tmp_path)
     assert (
         "training (fit) took 15.0 min per run on average (15.0-15.0) over the 5 runs trained in "
-        "one go; 1 run was stopped mid-fit (a session ended)" in section
+        "one go; 1 run was stopped mid-fit and resumed from the last checkpoint" in section
     )
     # six runs of 30 s on the first day, the resumed part (30.5 min) on the next
     assert (

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from convrepro.ablate import factorial
+from convrepro.ablate.contrasts import ArmPair
 from convrepro.ablate.published import PUBLISHED_EFFECTS
 from convrepro.ablate.report import _range, _signed
 from convrepro.ablate.results import RunResult, errors_by_arm
@@ -68,8 +69,9 @@ def render_comparison(published: Grid, by_name: Mapping[str, Grid]) -> str:
         f"### In short: `{spec.name}`",
         "",
         "Test error (multiview where the protocol has it), percentage points; negative = fewer "
-        "errors; each cell: Δ error [95% Welch-Satterthwaite CI over seeds] (runs). Each "
-        "grid's section below has its arms, protocol and per-seed records.",
+        "errors; each cell: Δ error [95% Welch-Satterthwaite CI over the two arms' runs]; "
+        "paired: the 95% CI of the difference taken seed by seed (runs of each arm). Each "
+        "grid's section below has its arms and the p-values; its summary.md has every run.",
         "",
         "| change | " + " | ".join(columns) + " | measured elsewhere |",
         "| --- | " + " | ".join("---:" for _ in columns) + " | --- |",
@@ -80,14 +82,26 @@ def render_comparison(published: Grid, by_name: Mapping[str, Grid]) -> str:
             if not {pair.changed, pair.reference} <= set(grid.spec.arms):
                 cells.append("no such arms")
                 continue
-            (effect,) = factorial.effects([pair.contrast()], values)
-            cells.append(
-                f"{_signed(effect.welch.difference)} {_range(effect.welch)} ({effect.runs})"
-            )
+            cells.append(_pair_cell(pair, values))
         elsewhere = PUBLISHED_EFFECTS.get((spec.name, pair.label), "-")
         change = f"{pair.label}: `{pair.changed}` - `{pair.reference}`"
         lines.append(f"| {change} | " + " | ".join(cells) + f" | {elsewhere} |")
     return "\n".join([*lines, ""])
+
+
+def _pair_cell(pair: ArmPair, errors: Mapping[str, Mapping[int, float]]) -> str:
+    """A pair's difference in one grid, its intervals where both arms have the runs for them."""
+    counts = {arm: len(errors[arm]) for arm in (pair.changed, pair.reference)}
+    runs = "+".join(map(str, counts.values()))
+    empty = [f"`{arm}`" for arm, count in counts.items() if count == 0]
+    if empty:
+        return f"no run of {' and '.join(empty)}"
+    (effect,) = factorial.effects([pair.contrast()], errors)
+    difference = _signed(effect.welch.difference)
+    if min(counts.values()) < 2:
+        return f"{difference} ({runs} runs: too few for a CI)"
+    paired = f"; paired {_range(effect.paired)}" if len(effect.paired_seeds) > 1 else ""
+    return f"{difference} {_range(effect.welch)}{paired} ({runs})"
 
 
 def _epochs(results: Sequence[RunResult]) -> str:

@@ -32,7 +32,7 @@ from convrepro.ablate.report import (
     _number,
     _p,
     _signed,
-    render_factorial,
+    render_grid_contrasts,
 )
 from convrepro.ablate.results import (
     RESULTS_FILE,
@@ -147,7 +147,7 @@ def _arms_over_seeds(
     """Each arm's error over seeds with its intervals, the 2x2 reading, the differences."""
     lines = [
         "Test error (%): mean ± sample std over seeds; 95% CI: the t-interval of the mean; "
-        "one run: the 95% prediction interval of one more run, where a rerun of one seed "
+        "one run: the 95% prediction interval of one more run, where a run with another seed "
         "should land" + (_VIEWS if centre is not None else "."),
         "",
     ]
@@ -167,14 +167,8 @@ def _arms_over_seeds(
             f"{p.top1:g}% ({p.model}, {p.dataset})" for p in published_for(spec.name, arm)
         )
         lines.append("| " + " | ".join([*cells, paper or "-"]) + " |")
-    if spec.factors is not None:
-        kind = "multiview" if centre is not None else "test"
-        lines += [
-            "",
-            f"The 2x2 reading of the four arms ({kind} error, percentage points):",
-            "",
-            *render_factorial(spec.factors, errors),
-        ]
+    measure = "multiview error" if centre is not None else "test error"
+    lines += render_grid_contrasts(spec, errors, measure)
     lines += ["", *_differences(spec, errors, centre), ""]
     return lines
 
@@ -255,22 +249,27 @@ PAUSE_MINUTES = 10
 
 def _budget(results: Sequence[RunResult], records: list[dict[str, Any]]) -> list[str]:
     epochs = sorted({r.epochs for r in results})
-    # A fit killed with its sitting records no end, and its run's fit time counts only the
+    # A fit killed (with its session, say) records no end, and its run's fit time counts only the
     # resumed part: such runs stay out of the per-run times, and the line says how many.
     stopped = [_fit_was_stopped(record["invocations"]) for record in records]
-    whole = [r.wall_time_s / 60 for r, halted in zip(results, stopped, strict=True) if not halted]
-    fit = (
-        f"training (fit) took {statistics.mean(whole):.1f} min per run on average "
-        f"({min(whole):.1f}-{max(whole):.1f})"
-        if whole
-        else "training (fit) times unknown"
-    )
-    if any(stopped):
-        fit += (
-            f" over the {len(whole)} runs trained in one go; {_runs(sum(stopped))} stopped "
-            "mid-fit (a session ended) and resumed from the last checkpoint (a run's record "
-            "times only the part after its resume)"
+    whole = [
+        r.wall_time_s / 60
+        for r, halted in zip(results, stopped, strict=True)
+        if not halted and not math.isnan(r.wall_time_s)
+    ]
+    parts = []
+    if whole:
+        parts.append(
+            f"training (fit) took {statistics.mean(whole):.1f} min per run on average "
+            f"({min(whole):.1f}-{max(whole):.1f})"
+            + (f" over the {len(whole)} runs trained in one go" if any(stopped) else "")
         )
+    if any(stopped):
+        parts.append(
+            f"{_runs(sum(stopped))} stopped mid-fit and resumed from the last checkpoint (a "
+            "run's record times only the part after its resume)"
+        )
+    parts = parts or ["training (fit) times not recorded"]
     timed = [
         (datetime.fromisoformat(item["started"]), datetime.fromisoformat(item["ended"]))
         for record in records
@@ -289,8 +288,8 @@ def _budget(results: Sequence[RunResult], records: list[dict[str, Any]]) -> list
             + (" (at least: a stopped fit records no end)" if any(stopped) else "")
         )
     return [
-        f"Budget: {', '.join(map(str, epochs))} epochs per run; {fit}; the whole grid, tests "
-        f"included, {whole_grid}.",
+        f"Budget: {', '.join(map(str, epochs))} epochs per run; {'; '.join(parts)}; the whole "
+        f"grid, tests included, {whole_grid}.",
         "",
     ]
 

@@ -122,9 +122,7 @@ def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Se
                 f"| {_p(c.permutation.p)} ({c.permutation.splits}) |"
             )
             notes += [f"`{c.arm}` vs `{c.baseline}`: {note}" for note in c.notes]
-    if spec.factors is not None:
-        lines += ["", "## Factorial reading (test accuracy, percentage points)", ""]
-        lines += render_factorial(spec.factors, by_arm)
+    lines += render_grid_contrasts(spec, by_arm, "test accuracy", headings=True)
     if missing:
         notes.append(f"no test result yet (left out): {', '.join(missing)}")
     if notes:
@@ -147,24 +145,48 @@ def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Se
     return "\n".join(lines)
 
 
-def render_factorial(
-    factors: factorial.Factorial, by_arm: Mapping[str, Mapping[int, float]]
+def render_contrasts(
+    contrasts: Sequence[factorial.Contrast], by_arm: Mapping[str, Mapping[int, float]], note: str
 ) -> list[str]:
-    """The 2x2 reading of four arms (:mod:`~convrepro.ablate.factorial`) as a table, with what
-    each kind of effect means."""
+    """Contrasts of arm means (a 2x2 grid's effects, named arm pairs) as a table with Welch's
+    and the paired intervals, then ``note`` on what they mean."""
     lines = [
         "| effect | kind | Δ | 95% CI (Welch-Satterthwaite) | p (df) | paired over seeds: "
         "95% CI | paired p (seeds) | runs |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for effect in factorial.effects(factors.contrasts(), by_arm):
+    for effect in factorial.effects(contrasts, by_arm):
         w, p = effect.welch, effect.paired
         lines.append(
             f"| {effect.contrast.label} | {effect.contrast.kind} | {_signed(w.difference)} "
             f"| {_range(w)} | {_p(w.p)} ({_number(w.df, 1)}) | {_range(p)} "
             f"| {_p(p.p)} ({len(effect.paired_seeds)}) | {effect.runs} |"
         )
-    return [*lines, "", FACTORIAL_NOTE]
+    return [*lines, "", note]
+
+
+def render_grid_contrasts(
+    spec: AblationSpec,
+    by_arm: Mapping[str, Mapping[int, float]],
+    measure: str,
+    headings: bool = False,
+) -> list[str]:
+    """The grid's 2x2 reading (``factors:``) and its named arm pairs (``contrasts:``), each
+    introduced by a line (a ``##`` heading with ``headings``) that names ``measure``; nothing
+    for a grid with neither."""
+    parts: list[tuple[str, str, Sequence[factorial.Contrast], str]] = []
+    if spec.factors is not None:
+        reading = "The 2x2 reading of the four arms"
+        parts.append(("Factorial reading", reading, spec.factors.contrasts(), FACTORIAL_NOTE))
+    if spec.contrasts:
+        pairs = [pair.contrast() for pair in spec.contrasts]
+        parts.append(("Named contrasts", "The grid's named contrasts", pairs, PAIR_NOTE))
+    lines = []
+    for title, sentence, contrasts, note in parts:
+        unit = f"{measure}, percentage points"
+        intro = f"## {title} ({unit})" if headings else f"{sentence} ({unit}):"
+        lines += ["", intro, "", *render_contrasts(contrasts, by_arm, note)]
+    return lines
 
 
 FACTORIAL_NOTE = (
@@ -174,6 +196,10 @@ FACTORIAL_NOTE = (
     "once. Each is a contrast of arm means; its CI uses the contrast's standard error "
     "sqrt(sum w² s²/n) with Welch-Satterthwaite df (the two-arm ones are Welch's test), the "
     "paired one the contrast computed seed by seed (a seed gives every arm the same data)."
+)
+PAIR_NOTE = (
+    "Pair: one arm's mean minus another's. Its CI is Welch's over the two arms' runs; the paired "
+    "one takes the difference seed by seed (a seed gives every arm the same data)."
 )
 
 

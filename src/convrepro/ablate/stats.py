@@ -1,7 +1,7 @@
 """Statistics for arms trained with a few seeds each.
 
 Per arm: mean, sample standard deviation (ddof=1), the t-interval of the mean and the prediction
-interval of one more run (where a rerun of one seed should land: wider than the interval of the
+interval of one more run (where a run with another seed should land: wider than the interval of the
 mean by sqrt(n + 1), as one run scatters as much as any seed did). Between an arm
 and the baseline, three tests of "same mean", each two-sided:
 
