@@ -387,6 +387,18 @@ def test_what_ships_with_the_repository_names_no_machine_path():
     assert not machine_paths_in(results_section)
 
 
+def test_a_published_report_rendered_again_in_the_checkout_is_the_published_one(
+    tmp_path, monkeypatch
+):
+    """`report` over a published grid, run from the repository (where its base config is found
+    and resolved), writes the same summary.md: no path of this machine gets into it."""
+    published = ROOT / "results" / "files_conv_local_cifar"
+    copy = Path(shutil.copytree(published, tmp_path / published.name))
+    monkeypatch.chdir(ROOT)
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "summary.md").read_text() == (published / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("where", ["configs-ablations", "a-folder-in-it", "outside"])
 def test_the_redo_line_runs_as_printed_on_a_fresh_clone(tmp_path, monkeypatch, where):
     """The README's Redo line, its placeholder filled in, starts the grid on a clone (a dry run:

@@ -46,7 +46,7 @@ PUBLISHED: tuple[Published, ...] = (
     Published("VGG E", "ImageNet", 27.3, 9.0, _VGG_TABLE3, arm="E"),
     Published("AlexNet", "ImageNet", -1.4, -1.2, _ALEXNET, "error change from adding LRN (pp)"),
     Published(
-        "4-layer CNN, no LRN (layers-conv-local-13pct.cfg)",
+        '4-layer CNN, layers-conv-local-13pct.cfg, the paper\'s "without normalization"',
         "CIFAR-10",
         13.0,
         None,
@@ -55,7 +55,7 @@ PUBLISHED: tuple[Published, ...] = (
         ablation="lrn_conv_local_cifar",
     ),
     Published(
-        "4-layer CNN with LRN (layers-conv-local-11pct.cfg)",
+        '4-layer CNN, layers-conv-local-11pct.cfg, the paper\'s "with normalization"',
         "CIFAR-10",
         11.0,
         None,

@@ -28,6 +28,7 @@ from convrepro.ablate.results import (
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, format_cli_value, load_spec
 from convrepro.errors import AblationError
 from convrepro.runs.provenance import compare_provenance
+from convrepro.runs.scrub import REPOSITORY
 
 REPORT_FILE = "summary.md"
 CURVES_PLOT = "val_acc_curves.png"
@@ -58,7 +59,7 @@ def render_summary(spec: AblationSpec, results: Sequence[RunResult], missing: Se
     lines = [
         f"# Ablation `{spec.name}`",
         "",
-        f"Base config `{spec.base}`; seeds {', '.join(map(str, spec.seeds))}; "
+        f"Base config `{_in_repository(spec.base)}`; seeds {', '.join(map(str, spec.seeds))}; "
         f"baseline arm `{spec.baseline}`.",
         "",
         "| arm | overrides |",
@@ -201,6 +202,14 @@ PAIR_NOTE = (
     "Pair: one arm's mean minus another's. Its CI is Welch's over the two arms' runs; the paired "
     "one takes the difference seed by seed (a seed gives every arm the same data)."
 )
+
+
+def _in_repository(path: Path) -> str:
+    """``path`` relative to this checkout where it lies in it: a published grid's report,
+    re-rendered, names no folder of the machine that rendered it."""
+    if REPOSITORY is not None and path.is_absolute() and path.is_relative_to(REPOSITORY):
+        return path.relative_to(REPOSITORY).as_posix()
+    return str(path)
 
 
 def _overrides(values: Mapping[str, Any]) -> str:
