@@ -100,7 +100,7 @@ def test_the_readme_sets_the_long_grid_beside_the_short_one(tmp_path):
 
     section = render_results_section(results, tmp_path)
     answer = section.split("### In short: `files_conv_local_cifar`")[0]
-    assert "### In short: `cpu_long_conv_local_cifar`" in answer
+    assert "### In short: `cpu_long_conv_local_cifar` beside `files_conv_local_cifar`" in answer
     columns = "`cpu_long_conv_local_cifar` (16 epochs) | `files_conv_local_cifar` (4 epochs)"
     assert f"| change | {columns} | measured elsewhere |" in answer
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in answer.splitlines()}
@@ -136,6 +136,17 @@ def test_a_difference_resting_on_too_few_runs_says_so(tmp_path):
         "+0.00 (1+5 runs: too few for a CI)"
     )
     assert rows["| the files' difference: `11pct` - `13pct`"] == "no run of `11pct`"
+
+    # arms of the same name that are other networks in the grid compared with: no number
+    short = grids["files_conv_local_cifar"]
+    other = {**short.spec.arms, "13pct": {**short.spec.arms["13pct"], "trainer.max_epochs": 1}}
+    grids["files_conv_local_cifar"] = replace(short, spec=replace(short.spec, arms=other))
+    table = render_comparison(long, grids).splitlines()
+    rows = {line.split(" | ")[0]: line.split(" | ")[2] for line in table if " | " in line}
+    assert rows["| the files' difference: `11pct` - `13pct`"] == "other arms of these names"
+    assert rows["| local3 width + fc10 wc, with LRN: `11pct` - `13pct-with-lrn`"] != (
+        "other arms of these names"
+    )
 
 
 def test_the_shipped_long_grid_is_the_short_grids_arms():

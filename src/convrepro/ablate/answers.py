@@ -65,8 +65,10 @@ def render_comparison(published: Grid, by_name: Mapping[str, Grid]) -> str:
     grids = [published, *(by_name[name] for name in spec.compare_with)]
     errors = [errors_by_arm(g.results, g.spec.arms) for g in grids]
     columns = [f"`{g.spec.name}` ({_epochs(g.results)})" for g in grids]
+    # A heading of its own: a grid with factors too has render_answer's "In short" as well.
+    others = ", ".join(f"`{name}`" for name in spec.compare_with)
     lines = [
-        f"### In short: `{spec.name}`",
+        f"### In short: `{spec.name}`" + (f" beside {others}" if others else ", named contrasts"),
         "",
         "Test error (multiview where the protocol has it), percentage points; negative = fewer "
         "errors; each cell: Δ error [95% Welch-Satterthwaite CI over the two arms' runs]; "
@@ -79,10 +81,13 @@ def render_comparison(published: Grid, by_name: Mapping[str, Grid]) -> str:
     for pair in spec.contrasts:
         cells = []
         for grid, values in zip(grids, errors, strict=True):
-            if not {pair.changed, pair.reference} <= set(grid.spec.arms):
+            arms = (pair.changed, pair.reference)
+            if not set(arms) <= set(grid.spec.arms):
                 cells.append("no such arms")
-                continue
-            cells.append(_pair_cell(pair, values))
+            elif any(dict(grid.spec.arms[arm]) != dict(spec.arms[arm]) for arm in arms):
+                cells.append("other arms of these names")
+            else:
+                cells.append(_pair_cell(pair, values))
         elsewhere = PUBLISHED_EFFECTS.get((spec.name, pair.label), "-")
         change = f"{pair.label}: `{pair.changed}` - `{pair.reference}`"
         lines.append(f"| {change} | " + " | ".join(cells) + f" | {elsewhere} |")
