@@ -131,7 +131,8 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
         "",
         f"![test accuracy per run]({tests})",
         "",
-        f"Every run, per seed, and the statistics' details: [{report}]({report}).",
+        "Every run, per seed, and the statistics' details, in test accuracy (a difference there "
+        f"has the opposite sign of the error's here): [{report}]({report}).",
         "",
     ]
     return "\n".join(lines)
