@@ -13,6 +13,7 @@ import csv
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -397,6 +398,54 @@ def test_status_shows_each_point_and_fails_while_one_failed(
     assert main([str(ablation), "--out", str(out)]) == 0
     assert main(["status", str(out)]) == 0  # the output folder works as well
     assert capsys.readouterr().out.splitlines()[-1] == "tiny_lrn: 4 done"
+
+
+def test_status_names_the_local_launcher_running_a_point(tmp_path, capsys):
+    """A point a launcher on this machine runs is `running`, by whom and how far; once that
+    process is gone, or its id is another program's, the lock file's old name counts for nothing."""
+    ablation, out = write_ablation_file(tmp_path), tmp_path / "out"
+    spec = load_spec(ablation)
+    folder = spec.run_folder(out, spec.run("lrn", 1))
+    folder.checkpoints.mkdir(parents=True)
+    (folder.checkpoints / "last.ckpt").write_bytes(b"")
+    # epoch 1 logged twice: a resume redid it
+    folder.history.write_text("epoch,step,val/acc\n0,10,0.5\n1,20,0.6\n1,20,0.6\n")
+    lock = folder.path / LOCK_FILE
+    take_lock = (
+        "import fcntl, os, socket, sys, time  # a convrepro launcher's process, as far as the "
+        f"lock goes\nheld = open({str(lock)!r}, 'a+'); fcntl.flock(held, fcntl.LOCK_EX)\n"
+        "held.write(f'process {os.getpid()} on {socket.gethostname()}\\n'); held.flush()\n"
+        "print('held', flush=True); time.sleep(120)"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", take_lock], stdout=subprocess.PIPE)
+    try:
+        assert launcher.stdout.readline() == b"held\n"
+        assert main(["status", str(ablation), f"--out={out}"]) == 0
+        row = next(
+            line for line in capsys.readouterr().out.splitlines() if line.startswith("lrn-seed1")
+        )
+        assert row.split(maxsplit=2)[1:] == [
+            "running",
+            f"by process {launcher.pid} on {socket.gethostname()}; 2 epochs validated; "
+            f"log {folder.log}",
+        ]
+    finally:
+        launcher.kill()
+        launcher.wait()
+    other = subprocess.Popen(["sleep", "120"])  # the id of a live process that is no launcher
+    try:
+        for holder in (launcher.pid, other.pid):
+            lock.write_text(f"process {holder} on {socket.gethostname()}\n")
+            assert main(["status", str(ablation), f"--out={out}"]) == 0
+            row = next(
+                line
+                for line in capsys.readouterr().out.splitlines()
+                if line.startswith("lrn-seed1")
+            )
+            assert row.split()[1] == "partial"
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_status_reads_the_scheduler_and_the_run_folders(tmp_path, monkeypatch, capsys):

@@ -25,6 +25,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -256,6 +257,30 @@ def _locked(folder: RunFolder, run: Run) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def launcher_running(folder: RunFolder) -> str | None:
+    """Who runs the point now, as its lock file names it (``process 9188 on vm``), while that
+    process lives on this machine; ``None`` otherwise. It reads the file and never takes the
+    lock, which a launcher starting the point at that moment would find held and skip."""
+    try:
+        holder = (folder.path / LOCK_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    match = re.fullmatch(r"process (\d+) on (\S+)", holder)
+    if match is None or match[2] != socket.gethostname():
+        return None
+    command = Path("/proc", match[1], "cmdline")
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    # The file keeps the last holder's name; its process id may since be another program's.
+    if command.parent.is_dir() and b"convrepro" not in command.read_bytes():
+        return None
+    return holder
 
 
 def is_primary_process() -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from convrepro.ablate.point import Failure, Status, has_started, status_of
+from convrepro.ablate.point import Failure, Status, has_started, launcher_running, status_of
 from convrepro.ablate.slurm import (
     PREEMPTED_STATES,
     RUNNING_STATES,
@@ -93,6 +93,10 @@ def _point_state(
             resume = f"; resumes from {checkpoint}" if checkpoint else ""
             return PointState.REQUEUED, f"{job} {scheduler.state.lower()}{resume}"
         return PointState.QUEUED, f"{job} ({scheduler.reason})"
+    launcher = launcher_running(folder)
+    if launcher is not None:
+        epochs = len({row["epoch"] for row in folder.read_history()})
+        return PointState.RUNNING, f"by {launcher}; {epochs} epochs validated; log {folder.log}"
     if failure is not None and failure.interrupted:
         return PointState.INTERRUPTED, f"{failure}; launch again to resume"
     if failure is not None:
