@@ -262,7 +262,7 @@ def render_paper_comparison(results_files: Sequence[Path]) -> str:
         "Top-1 / top-5 test error in %, mean ± sample std over seeds. Published numbers on "
         "ImageNet are not comparable in absolute terms with CIFAR-10 ones: compare the size "
         "and sign of effects (Δ). Published: `model, data set: top-1 / top-5 error [source]` "
-        "for the same VGG configuration (the CIFAR-10 ones with BatchNorm).",
+        "for the network the arm trains, as its source reports it.",
         "",
         "| ablation | arm | runs | top-1 error | top-5 error | Δ top-1 vs baseline [95% CI] "
         "| Welch p | published |",
