@@ -25,6 +25,7 @@ from convrepro.runs.provenance import (
     compare_provenance,
     data_fingerprint,
     read_provenance,
+    run_data_label,
     write_provenance,
 )
 from convrepro.testing import make_image_folder, write_made_up_ablation
@@ -149,6 +150,30 @@ def test_compare_provenance_says_what_the_runs_share_and_flags_the_others(tmp_pa
     assert "| other-data | same | **" in table
     assert "| old | **no provenance.json** | **no provenance.json** |" in table
     assert "arm-seed0" not in table
+
+
+def test_an_unfinished_run_that_has_not_read_the_test_files_agrees_with_the_finished_ones(
+    tmp_path,
+):
+    """A fit that has not been tested yet read the training files only: that is no other data."""
+    finished = {"files": {"train/": "t" * 64, "test/": "e" * 64}}
+    unfinished = {"files": {"train/": "t" * 64}}
+    other = {"files": {"train/": "x" * 64}}
+    named = {"done0": finished, "done1": finished, "fitting": unfinished, "other": other}
+    runs = [made_up_run(tmp_path, name, "1") for name in named]
+    for run, data in zip(runs, named.values(), strict=True):
+        (invocation,) = read_provenance(run)
+        invocation.data = data
+        write_provenance(run, [invocation])
+    common = run_data_label([finished])
+    lines = compare_provenance(runs[:3])
+    assert lines[3] == (
+        f"- All 3 runs share one data fingerprint: {common} "
+        "(1 of them, unfinished, read only some of its files)."
+    )
+    table = "\n".join(compare_provenance(runs))
+    assert f"- Only 3 of 4 runs share the data fingerprint {common}" in table
+    assert "| other | same | **" in table and "| fitting |" not in table
 
 
 def test_ablation_report_states_the_provenance_of_its_runs(tmp_path):

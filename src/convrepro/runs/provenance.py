@@ -324,22 +324,31 @@ def _md5(path: Path) -> str:
 
 def compare_provenance(runs: Sequence[RunFolder]) -> list[str]:
     """Markdown lines saying whether ``runs`` share one code version and one data fingerprint,
-    with a table of the runs that differ from the most common ones or have no record."""
+    with a table of the runs that differ from the most common ones or have no record. A run that
+    read only some of the common files (unfinished: no test yet) agrees with them."""
     code: dict[str, str] = {}
-    data: dict[str, str] = {}
+    read: dict[str, set[tuple[str, str]]] = {}
     for run in runs:
         invocations = read_provenance(run)
         labels = list(dict.fromkeys(i.code.label for i in invocations))
         code[run.id] = " then ".join(labels) + (CHANGED if len(labels) > 1 else "") or UNRECORDED
-        data[run.id] = run_data_label([i.data for i in invocations])
-    common_code, common_data = _most_common(code), _most_common(data)
+        read[run.id] = _files_read(i.data for i in invocations)
+    common_code = _most_common(code)
     if common_code == UNRECORDED:
         return ["## Provenance", "", f"- None of the {len(runs)} runs recorded its provenance."]
+    per_file = Counter(pair for files in read.values() for pair in files)
+    common_files = {name: md5 for (name, md5), _ in reversed(per_file.most_common())}
+    common_data = _files_label(set(common_files.items()))
+    data = {
+        run: common_data if files and files <= common_files.items() else _files_label(files)
+        for run, files in read.items()
+    }
+    partly = sum(1 for files in read.values() if files and files < common_files.items())
     lines = [
         "## Provenance",
         "",
         _agreement("code version", common_code, code),
-        _agreement("data fingerprint", common_data, data),
+        _agreement("data fingerprint", common_data, data, partly),
     ]
     odd = [run.id for run in runs if (code[run.id], data[run.id]) != (common_code, common_data)]
     if odd:
@@ -357,15 +366,19 @@ def run_data_label(data: Iterable[Mapping[str, Any]]) -> str:
     Each command reads the splits it needs (fit: train/val, test: test), so a run's data is the
     union; a file read with two checksums changed in between and is marked so.
     """
-    read = {(name, md5) for record in data for name, md5 in record.get("files", {}).items()}
+    return _files_label(_files_read(data))
+
+
+def _files_read(data: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    return {(name, md5) for record in data for name, md5 in record.get("files", {}).items()}
+
+
+def _files_label(read: set[tuple[str, str]]) -> str:
     if not read:
         return UNRECORDED
     changed = len({name for name, _ in read}) < len(read)
-    return _short(sorted(read)) + (CHANGED if changed else "")
-
-
-def _short(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:12]
+    short = hashlib.sha256(json.dumps(sorted(read)).encode()).hexdigest()[:12]
+    return short + (CHANGED if changed else "")
 
 
 def _most_common(labels: dict[str, str]) -> str:
@@ -374,10 +387,11 @@ def _most_common(labels: dict[str, str]) -> str:
     return counts.most_common(1)[0][0] if counts else UNRECORDED
 
 
-def _agreement(what: str, common: str, labels: dict[str, str]) -> str:
+def _agreement(what: str, common: str, labels: dict[str, str], partly: int = 0) -> str:
     same = sum(1 for label in labels.values() if label == common)
     if same == len(labels):
-        return f"- All {len(labels)} runs share one {what}: {common}."
+        unfinished = f" ({partly} of them, unfinished, read only some of its files)" * bool(partly)
+        return f"- All {len(labels)} runs share one {what}: {common}{unfinished}."
     return f"- Only {same} of {len(labels)} runs share the {what} {common}; the others are below."
 
 
