@@ -470,7 +470,7 @@ def test_a_one_seed_grid_reads_as_single_runs_validation_first(tmp_path):
     write_made_up_ablation(out, effects=effects, spec=spec, epochs=4, run_noise=0.0)
     publish(spec, out, tmp_path / "results")
     section = render_results_section(tmp_path / "results", tmp_path)
-    assert "5 runs of 5 planned (5 arms x 1 seeds)" in section
+    assert "5 runs of 5 planned (5 arms x 1 seed)" in section
     assert "| arm | epochs | validation accuracy, last epoch | best | test error |" in section
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in section.splitlines()}
     published = tmp_path / "results" / spec.name

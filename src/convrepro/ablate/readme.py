@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,8 @@ def render_ablation(published: PublishedAblation, repository: Path) -> str:
     errors = errors_by_arm(results, spec.arms, "test_acc")
     centre = errors_by_arm(results, spec.arms, "test_acc_center")
     has_centre = any(values for values in centre.values())
-    planned = f"{len(spec.runs())} planned ({len(spec.arms)} arms x {len(spec.seeds)} seeds)"
-    lines = [f"### `{spec.name}`: {len(results)} runs of {planned}", ""]
+    planned = f"{len(spec.runs())} planned ({_n(spec.arms, 'arm')} x {_n(spec.seeds, 'seed')})"
+    lines = [f"### `{spec.name}`: {_n(results, 'run')} of {planned}", ""]
     missing = published.missing()
     if missing:
         without = "; ".join(f"`{run.arm}` seed {run.seed}: {run.why}" for run in missing)
@@ -240,6 +241,10 @@ def _differences(
                 f"p {_p_is(c.permutation.p)} ({c.permutation.splits} splits)"
             )
     return lines
+
+
+def _n(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _provenance(records: list[dict[str, Any]]) -> list[str]:
