@@ -11,9 +11,10 @@ import pytest
 
 from convrepro.ablate import stats
 from convrepro.ablate.__main__ import main
+from convrepro.ablate.budget import budget_line
 from convrepro.ablate.publish import RUN_RECORDS, publish
 from convrepro.ablate.readme import BEGIN, END, render_results_section, update_readme
-from convrepro.ablate.results import read_results_csv
+from convrepro.ablate.results import RunResult, read_results_csv
 from convrepro.ablate.spec import SPEC_FILE, AblationSpec, load_spec, runs_root
 from convrepro.runs.provenance import CodeVersion, Invocation, run_data_label, write_provenance
 from convrepro.runs.scrub import TEXT_SUFFIXES, machine_paths_in
@@ -221,6 +222,18 @@ def test_the_budget_of_a_grid_run_in_two_sessions_says_so(tmp_path):
     assert (
         "ran from 2026-01-01T10:00:00Z to 2026-01-02T09:30:00Z with pauses: runs were in "
         "progress for 33 of those 1410 min (at least: a stopped fit records no end)" in section
+    )
+
+
+def test_the_budget_of_a_single_run_gives_its_time_and_no_spread():
+    fit = {"subcommand": "fit", "started": "2026-01-01T10:00:00+00:00"}
+    fit["ended"] = "2026-01-01T11:09:18+00:00"
+    test = {"subcommand": "test", "started": fit["ended"], "ended": "2026-01-01T11:10:00+00:00"}
+    run = RunResult("64-epochs", 100, 0.81, 0.84, 0.99, 64, 69.3 * 60, "checkpoints/best.ckpt")
+    line = budget_line([run], [{"fit": fit, "invocations": [fit, test]}])
+    assert line == (
+        "Budget: 64 epochs per run; training (fit) took 69.3 min; the whole grid, tests "
+        "included, 70 min (2026-01-01T10:00:00Z to 2026-01-01T11:10:00Z)."
     )
 
 

@@ -34,7 +34,9 @@ def budget_line(results: Sequence[RunResult], records: list[dict[str, Any]]) -> 
         if not halted and not math.isnan(r.wall_time_s)
     ]
     parts = []
-    if whole:
+    if len(whole) == 1:
+        parts.append(f"training (fit) took {whole[0]:.1f} min")
+    elif whole:
         parts.append(
             f"training (fit) took {statistics.mean(whole):.1f} min per run on average "
             f"({min(whole):.1f}-{max(whole):.1f})"
