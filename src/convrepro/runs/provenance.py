@@ -336,8 +336,10 @@ def compare_provenance(runs: Sequence[RunFolder]) -> list[str]:
     common_code = _most_common(code)
     if common_code == UNRECORDED:
         return ["## Provenance", "", f"- None of the {len(runs)} runs recorded its provenance."]
-    per_file = Counter(pair for files in read.values() for pair in files)
-    common_files = {name: md5 for (name, md5), _ in reversed(per_file.most_common())}
+    per_file = [pair for pair, _ in Counter(p for f in read.values() for p in f).most_common()]
+    common_files: dict[str, str] = {}  # each file's most common checksum
+    for name, md5 in per_file:
+        common_files.setdefault(name, md5)
     common_data = _files_label(set(common_files.items()))
     data = {
         run: common_data if files and files <= common_files.items() else _files_label(files)
@@ -362,10 +364,8 @@ def compare_provenance(runs: Sequence[RunFolder]) -> list[str]:
 
 def run_data_label(data: Iterable[Mapping[str, Any]]) -> str:
     """A short fingerprint of the files all of one run's commands read, from their records' data.
-
     Each command reads the splits it needs (fit: train/val, test: test), so a run's data is the
-    union; a file read with two checksums changed in between and is marked so.
-    """
+    union; a file read with two checksums changed in between and is marked so."""
     return _files_label(_files_read(data))
 
 
